@@ -1,0 +1,1 @@
+"""Development tooling: a real local Kubernetes control plane with simulated accelerator nodes."""

@@ -1,0 +1,96 @@
+"""A handle on the cluster that tests (and tools) talk to: an existing one named by KUBECONFIG
+(kind included), or a local control plane started for the occasion.
+
+On an existing cluster a kwok process is started beside it, so simulated GPU/TPU nodes work there
+too; a cluster from `make cluster-up` already runs one and gets no second.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kubernetes import client, config
+
+from devcluster import tools
+from devcluster.controlplane import LocalCluster, is_running, kwok_command
+
+
+@dataclass
+class ClusterSession:
+    """Clients and command-line access for one cluster."""
+
+    kubeconfig: Path
+    binaries: tools.Binaries
+    local: bool  # the control plane was started here and is ours (versions are the pinned ones)
+    api: client.ApiClient = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.api = config.new_client_from_config(config_file=str(self.kubeconfig))
+
+    @property
+    def core(self) -> client.CoreV1Api:
+        return client.CoreV1Api(self.api)
+
+    def client_for_token(self, token: str) -> client.ApiClient:
+        """A client that authenticates with `token` alone (no admin certificate)."""
+        admin = self.api.configuration
+        configuration = client.Configuration()
+        configuration.host = admin.host
+        configuration.ssl_ca_cert = admin.ssl_ca_cert
+        configuration.verify_ssl = admin.verify_ssl
+        configuration.api_key = {"authorization": token}
+        configuration.api_key_prefix = {"authorization": "Bearer"}
+        return client.ApiClient(configuration)
+
+    @property
+    def env(self) -> dict[str, str]:
+        """Environment for subprocesses: this cluster's KUBECONFIG, our kubectl/helm on PATH."""
+        path = ":".join([*self.binaries.path_entries, os.environ.get("PATH", "")])
+        return {**os.environ, "KUBECONFIG": str(self.kubeconfig), "PATH": path}
+
+    def kubectl(
+        self, *args: str, stdin: str | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(self.binaries.kubectl), *args],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            env=self.env,
+            check=check,
+            timeout=120,
+        )
+
+
+@contextmanager
+def open_session(work_dir: Path) -> Iterator[ClusterSession]:
+    """Yield a session on $KUBECONFIG if set, else on a fresh local control plane in `work_dir`."""
+    binaries = tools.ensure_all()
+    external = os.environ.get("KUBECONFIG")
+    if external:
+        kubeconfig = Path(external).resolve()
+        kwok = None
+        # A cluster from `make cluster-up` runs its own kwok already.
+        if not is_running(kubeconfig.parent):
+            log = (work_dir / "kwok.log").open("ab")
+            kwok = subprocess.Popen(
+                kwok_command(binaries, kubeconfig), stdout=log, stderr=subprocess.STDOUT
+            )
+        try:
+            yield ClusterSession(kubeconfig, binaries, local=False)
+        finally:
+            if kwok is not None:
+                kwok.terminate()
+                kwok.wait(timeout=10)
+        return
+    cluster = LocalCluster(work_dir / "cluster", binaries)
+    cluster.start()
+    try:
+        yield ClusterSession(cluster.kubeconfig, binaries, local=True)
+    finally:
+        cluster.stop()

@@ -1,0 +1,67 @@
+"""Shared fixtures: one real cluster per test session, a fresh restricted namespace per test,
+and simulated (kwok) GPU/TPU nodes on demand."""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from kubernetes.client.exceptions import ApiException
+
+from devcluster.nodes import NodePool
+from devcluster.session import ClusterSession, open_session
+from devcluster.waiting import wait_until
+
+RESTRICTED_LABELS = {
+    "pod-security.kubernetes.io/enforce": "restricted",
+    "pod-security.kubernetes.io/enforce-version": "latest",
+}
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterSession]:
+    """The cluster at $KUBECONFIG, or a local control plane started once for the session."""
+    with open_session(tmp_path_factory.mktemp("devcluster")) as session:
+        yield session
+
+
+@pytest.fixture
+def namespace(cluster: ClusterSession, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A new namespace enforcing the `restricted` Pod Security Standard, deleted afterwards."""
+    slug = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
+    name = f"{slug}-{secrets.token_hex(3)}"
+    core = cluster.core
+    core.create_namespace({"metadata": {"name": name, "labels": RESTRICTED_LABELS}})
+    # Pods are refused until the ServiceAccount controller has made `default` here.
+    wait_until(
+        lambda: _exists(lambda: core.read_namespaced_service_account("default", name)),
+        f"ServiceAccount default in {name}",
+    )
+    yield name
+    core.delete_namespace(name)
+
+
+@pytest.fixture
+def node_pool(cluster: ClusterSession) -> Iterator[NodePool]:
+    """Simulated GPU/TPU nodes for this test, deleted afterwards."""
+    pool = NodePool(cluster.core)
+    yield pool
+    pool.delete()
+
+
+def _exists(read: Callable[[], object]) -> bool:
+    try:
+        read()
+    except ApiException as error:
+        if error.status == 404:
+            return False
+        raise
+    return True
+
+
+@pytest.fixture
+def repo_root() -> Path:
+    return Path(__file__).resolve().parent.parent
