@@ -62,6 +62,14 @@ def _exists(read: Callable[[], object]) -> bool:
     return True
 
 
-@pytest.fixture
-def repo_root() -> Path:
-    return Path(__file__).resolve().parent.parent
+@pytest.fixture(scope="session")
+def crds(cluster: ClusterSession) -> list[str]:
+    """The committed CRDs of crds/, applied (server-side) and Established."""
+    root = Path(__file__).resolve().parent.parent
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(root / "crds"))
+    names = [
+        str(name)
+        for name in cluster.kubectl("get", "-f", str(root / "crds"), "-o", "name").stdout.split()
+    ]
+    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", *names)
+    return names

@@ -20,6 +20,10 @@ from devcluster import tools
 from devcluster.controlplane import LocalCluster, is_running, kwok_command
 
 
+class KubectlError(RuntimeError):
+    """kubectl exited non-zero; the message carries its stderr."""
+
+
 @dataclass
 class ClusterSession:
     """Clients and command-line access for one cluster."""
@@ -56,15 +60,17 @@ class ClusterSession:
     def kubectl(
         self, *args: str, stdin: str | None = None, check: bool = True
     ) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
+        result = subprocess.run(
             [str(self.binaries.kubectl), *args],
             input=stdin,
             capture_output=True,
             text=True,
             env=self.env,
-            check=check,
             timeout=120,
         )
+        if check and result.returncode != 0:
+            raise KubectlError(f"kubectl {' '.join(args)} failed: {result.stderr.strip()}")
+        return result
 
 
 @contextmanager
