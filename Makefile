@@ -30,7 +30,7 @@ $(UV):
 
 $(VENV)/.installed: $(UV) operator/pyproject.toml trainer/pyproject.toml hack/pyproject.toml requirements-dev.txt
 	$(UV) venv --quiet --allow-existing --python $(PYTHON) $(VENV)
-	$(UV) pip install --quiet --python $(PY) -e ./operator -e ./trainer -e ./hack -r requirements-dev.txt
+	$(UV) pip install --quiet --python $(PY) -e "./operator[controller]" -e ./trainer -e ./hack -r requirements-dev.txt
 	touch $@
 
 .PHONY: venv

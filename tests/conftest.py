@@ -14,6 +14,7 @@ from kubernetes.client.exceptions import ApiException
 from devcluster.nodes import NodePool
 from devcluster.session import ClusterSession, open_session
 from devcluster.waiting import wait_until
+from operator_process import OperatorProcess, install_chart_rbac, token_kubeconfig
 
 RESTRICTED_LABELS = {
     "pod-security.kubernetes.io/enforce": "restricted",
@@ -73,3 +74,17 @@ def crds(cluster: ClusterSession) -> list[str]:
     ]
     cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", *names)
     return names
+
+
+@pytest.fixture(scope="session")
+def operator(
+    cluster: ClusterSession, crds: list[str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
+    """The operator, from source, with exactly the rights the chart grants its ServiceAccount."""
+    directory = tmp_path_factory.mktemp("operator")
+    token = install_chart_rbac(cluster)
+    process = OperatorProcess(token_kubeconfig(cluster, token, directory / "kubeconfig"),
+                              directory / "operator.log")  # fmt: skip
+    process.start()
+    yield process
+    process.stop()

@@ -89,6 +89,11 @@ class JobStatus(ApiModel):
     selector: str = Field("", description="Label selector of the node pods (scale subresource).")
     world_size: int = Field(0, ge=0, description="Processes training now (nodes x devices).")
     restarts: int = Field(0, ge=0, description="Node pods recreated after failure or loss.")
+    pod_uids: dict[str, str] = Field(
+        default_factory=dict,
+        description="UID of the node pod the operator created last, by node index (empty once "
+        "its loss is counted): how a vanished pod is told from one never created.",
+    )
     progress: Progress = Field(default_factory=Progress, description="Training progress.")
     checkpoint: CheckpointStatus = Field(
         default_factory=CheckpointStatus, description="Last validated checkpoint."

@@ -1,0 +1,346 @@
+"""The objects one job owns, built as plain dicts from its spec: pure functions, no I/O.
+
+For job J: ConfigMap J-config (the spec as JSON), headless Service J (pod DNS), the rendezvous pod
+and Service J-rdzv (the c10d store lives outside the workers, so losing any worker, worker 0
+included, never takes the rendezvous down), and pods J-node-0 .. J-node-(max-1) running torchrun
+with --nnodes=MIN:MAX. Optional: PodDisruptionBudget, PodGroup (gang), Kueue labels.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from pretrain_operator import API_GROUP, API_VERSION, naming
+from pretrain_operator.api import FinetuneJobSpec, Kind, PretrainJobSpec
+from pretrain_operator.api.common import AcceleratorType, CheckpointStorage
+
+Manifest = dict[str, Any]
+
+RESTRICTED_CONTAINER = {
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+    "readOnlyRootFilesystem": True,
+    "runAsNonRoot": True,
+}
+RESTRICTED_POD = {
+    "runAsNonRoot": True,
+    "runAsUser": 1000,
+    "runAsGroup": 1000,
+    "fsGroup": 1000,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+TPU_ACCELERATOR_LABEL = "cloud.google.com/gke-tpu-accelerator"
+TPU_TOPOLOGY_LABEL = "cloud.google.com/gke-tpu-topology"
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+KUEUE_POD_GROUP_LABEL = "kueue.x-k8s.io/pod-group-name"
+KUEUE_POD_GROUP_COUNT = "kueue.x-k8s.io/pod-group-total-count"
+POD_GROUP_LABEL = "scheduling.x-k8s.io/pod-group"
+TERMINATION_GRACE_SECONDS = 120  # the trainer checkpoints on SIGTERM
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """What the builders need to know about one job."""
+
+    kind: Kind
+    name: str
+    namespace: str
+    uid: str
+    spec: PretrainJobSpec | FinetuneJobSpec
+    image: str  # the trainer image unless spec.template.image overrides it
+    base_checkpoint: str = ""  # FinetuneJob: the resolved base checkpoint URI or path
+    base_claim: str = ""  # FinetuneJob: the PVC holding it, mounted read-only
+
+    @property
+    def owner_reference(self) -> dict[str, Any]:
+        return {
+            "apiVersion": f"{API_GROUP}/{API_VERSION}",
+            "kind": self.kind.kind,
+            "name": self.name,
+            "uid": self.uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+
+    def labels(self, role: str | None = None) -> dict[str, str]:
+        labels = {naming.LABEL_JOB: self.name, naming.LABEL_KIND: self.kind.kind}
+        if role:
+            labels[naming.LABEL_ROLE] = role
+        return labels
+
+    def metadata(self, name: str, role: str | None = None) -> dict[str, Any]:
+        return {
+            "name": name,
+            "namespace": self.namespace,
+            "labels": self.labels(role),
+            "ownerReferences": [self.owner_reference],
+        }
+
+
+def config_map(job: Job) -> Manifest:
+    """The spec as JSON, read by the trainer with the same API models."""
+    document = {"kind": job.kind.kind, "name": job.name, "namespace": job.namespace,
+                "spec": job.spec.wire()}  # fmt: skip
+    if job.base_checkpoint:
+        document["baseCheckpoint"] = job.base_checkpoint
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": job.metadata(naming.config_map_name(job.name)),
+        "data": {naming.CONFIG_FILE: json.dumps(document, indent=2, sort_keys=True)},
+    }
+
+
+def headless_service(job: Job) -> Manifest:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": job.metadata(naming.service_name(job.name)),
+        "spec": {
+            "clusterIP": "None",
+            # Ranks must resolve each other before they are Ready (during rendezvous).
+            "publishNotReadyAddresses": True,
+            "selector": job.labels(naming.ROLE_NODE),
+            "ports": [{"name": "metrics", "port": naming.METRICS_PORT}],
+        },
+    }
+
+
+def rendezvous_service(job: Job) -> Manifest:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": job.metadata(naming.rendezvous_name(job.name)),
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": job.labels(naming.ROLE_RENDEZVOUS),
+            "ports": [{"name": "c10d", "port": naming.RENDEZVOUS_PORT}],
+        },
+    }
+
+
+def _container_base(job: Job) -> dict[str, Any]:
+    template = job.spec.template
+    container: dict[str, Any] = {
+        "name": naming.TRAINER_CONTAINER,
+        "image": template.image or job.image,
+        "securityContext": RESTRICTED_CONTAINER,
+    }
+    if template.image_pull_policy:
+        container["imagePullPolicy"] = template.image_pull_policy
+    return container
+
+
+def _pod_base(job: Job, name: str, role: str) -> Manifest:
+    template = job.spec.template
+    metadata = job.metadata(name, role)
+    metadata["labels"] = {**template.labels, **metadata["labels"]}
+    if template.annotations:
+        metadata["annotations"] = dict(template.annotations)
+    spec: dict[str, Any] = {
+        "restartPolicy": "Never",  # the operator replaces failed pods and counts restarts
+        "securityContext": RESTRICTED_POD,
+        "enableServiceLinks": False,
+    }
+    if template.service_account_name:
+        spec["serviceAccountName"] = template.service_account_name
+    if template.image_pull_secrets:
+        spec["imagePullSecrets"] = template.image_pull_secrets
+    if template.priority_class_name:
+        spec["priorityClassName"] = template.priority_class_name
+    if job.spec.scheduling.scheduler_name:
+        spec["schedulerName"] = job.spec.scheduling.scheduler_name
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": spec}
+
+
+def rendezvous_pod(job: Job) -> Manifest:
+    """Holds the c10d TCPStore that torchrun agents rendezvous through."""
+    pod = _pod_base(job, naming.rendezvous_name(job.name), naming.ROLE_RENDEZVOUS)
+    container = _container_base(job)
+    container["command"] = ["python", "-m", "pretrain_trainer.rendezvous"]
+    container["args"] = [f"--port={naming.RENDEZVOUS_PORT}"]
+    container["ports"] = [{"name": "c10d", "containerPort": naming.RENDEZVOUS_PORT}]
+    container["resources"] = {
+        "requests": {"cpu": "100m", "memory": "128Mi"},
+        "limits": {"memory": "512Mi"},
+    }
+    container["readinessProbe"] = {
+        "tcpSocket": {"port": naming.RENDEZVOUS_PORT},
+        "periodSeconds": 5,
+    }
+    pod["spec"]["hostname"] = naming.rendezvous_name(job.name)
+    pod["spec"]["subdomain"] = naming.rendezvous_name(job.name)
+    pod["spec"]["containers"] = [container]
+    pod["spec"]["nodeSelector"] = dict(job.spec.template.node_selector)
+    pod["spec"]["tolerations"] = list(job.spec.template.tolerations)
+    return pod
+
+
+def processes_per_node(job: Job) -> int:
+    """One trainer process per GPU; TPUs and CPUs run one process per node (XLA/threads)."""
+    accelerator = job.spec.resources.accelerator
+    if accelerator and accelerator.type != AcceleratorType.GOOGLE_TPU:
+        return accelerator.count
+    return 1
+
+
+def torchrun_command(job: Job) -> list[str]:
+    """The elastic launch every node pod runs (the same launch `pretrain run --nproc` uses)."""
+    replicas = job.spec.replicas
+    return [
+        "torchrun",
+        f"--nnodes={replicas.min}:{replicas.max}",
+        f"--nproc-per-node={processes_per_node(job)}",
+        "--rdzv-backend=c10d",
+        f"--rdzv-endpoint={naming.rendezvous_name(job.name)}:{naming.RENDEZVOUS_PORT}",
+        f"--rdzv-id={job.uid}",
+        "--max-restarts=3",
+        "-m",
+        "pretrain_trainer",
+        "train",
+        f"--config={naming.CONFIG_MOUNT}/{naming.CONFIG_FILE}",
+    ]
+
+
+def _resources(job: Job) -> dict[str, Any]:
+    resources = job.spec.resources
+    amounts: dict[str, str] = {}
+    if resources.cpu:
+        amounts["cpu"] = resources.cpu
+    if resources.memory:
+        amounts["memory"] = resources.memory
+    if resources.accelerator:
+        amounts[resources.accelerator.type.value] = str(resources.accelerator.count)
+    return {"requests": dict(amounts), "limits": dict(amounts)} if amounts else {}
+
+
+def _checkpoint_volume(job: Job) -> dict[str, Any]:
+    storage: CheckpointStorage | None = job.spec.checkpoint.storage
+    if storage and storage.persistent_volume_claim:
+        claim = {"claimName": storage.persistent_volume_claim}
+        return {"name": "checkpoints", "persistentVolumeClaim": claim}
+    return {"name": "checkpoints", "emptyDir": {}}
+
+
+def _checkpoint_location(job: Job) -> str:
+    storage = job.spec.checkpoint.storage
+    if storage and storage.uri:
+        return storage.uri.rstrip("/")
+    path = storage.path if storage and storage.path else job.name
+    return f"{naming.CHECKPOINT_MOUNT}/{path.strip('/')}"
+
+
+def node_pod(job: Job, index: int) -> Manifest:
+    name = naming.node_pod_name(job.name, index)
+    pod = _pod_base(job, name, naming.ROLE_NODE)
+    pod["metadata"]["labels"][naming.LABEL_NODE_INDEX] = str(index)
+    scheduling = job.spec.scheduling
+    if scheduling.queue_name:
+        pod["metadata"]["labels"][KUEUE_QUEUE_LABEL] = scheduling.queue_name
+        pod["metadata"]["labels"][KUEUE_POD_GROUP_LABEL] = job.name
+        pod["metadata"].setdefault("annotations", {})[KUEUE_POD_GROUP_COUNT] = str(
+            job.spec.replicas.max
+        )
+    if scheduling.gang:
+        pod["metadata"]["labels"][POD_GROUP_LABEL] = job.name
+
+    template = job.spec.template
+    env = [
+        {"name": "PRETRAIN_JOB_NAME", "value": job.name},
+        {"name": "PRETRAIN_JOB_KIND", "value": job.kind.kind},
+        {"name": "PRETRAIN_NODE_INDEX", "value": str(index)},
+        {"name": "PRETRAIN_CHECKPOINT_DIR", "value": _checkpoint_location(job)},
+        {"name": "PRETRAIN_METRICS_PORT", "value": str(naming.METRICS_PORT)},
+        {"name": "PRETRAIN_NAMESPACE",
+         "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+        {"name": "HOME", "value": "/tmp"},
+    ]  # fmt: skip
+    if job.base_checkpoint:
+        env.append({"name": "PRETRAIN_BASE_CHECKPOINT", "value": job.base_checkpoint})
+    mounts = [
+        {"name": "config", "mountPath": naming.CONFIG_MOUNT, "readOnly": True},
+        {"name": "checkpoints", "mountPath": naming.CHECKPOINT_MOUNT},
+        {"name": "shm", "mountPath": "/dev/shm"},
+        {"name": "tmp", "mountPath": "/tmp"},
+    ]
+    volumes: list[dict[str, Any]] = [
+        {"name": "config", "configMap": {"name": naming.config_map_name(job.name)}},
+        _checkpoint_volume(job),
+        # torch shares tensors between processes through /dev/shm; the default 64Mi is too small.
+        {"name": "shm", "emptyDir": {"medium": "Memory"}},
+        {"name": "tmp", "emptyDir": {}},
+    ]
+    if job.base_claim:
+        mounts.append({"name": "base", "mountPath": naming.BASE_MOUNT, "readOnly": True})
+        volumes.append({"name": "base", "persistentVolumeClaim": {"claimName": job.base_claim,
+                                                                  "readOnly": True}})  # fmt: skip
+
+    container = _container_base(job)
+    container["command"] = torchrun_command(job)
+    container["env"] = env + list(template.env)
+    container["ports"] = [{"name": "metrics", "containerPort": naming.METRICS_PORT}]
+    container["volumeMounts"] = mounts + list(template.volume_mounts)
+    container["resources"] = _resources(job)
+    container["terminationMessagePolicy"] = "FallbackToLogsOnError"
+
+    spec = pod["spec"]
+    spec["hostname"] = name
+    spec["subdomain"] = naming.service_name(job.name)
+    spec["terminationGracePeriodSeconds"] = TERMINATION_GRACE_SECONDS
+    spec["containers"] = [container]
+    spec["volumes"] = volumes + list(template.volumes)
+    node_selector = dict(template.node_selector)
+    accelerator = job.spec.resources.accelerator
+    if accelerator and accelerator.type == AcceleratorType.GOOGLE_TPU:
+        if accelerator.tpu_accelerator:
+            node_selector[TPU_ACCELERATOR_LABEL] = accelerator.tpu_accelerator
+        if accelerator.topology:
+            node_selector[TPU_TOPOLOGY_LABEL] = accelerator.topology
+    if node_selector:
+        spec["nodeSelector"] = node_selector
+    if template.tolerations:
+        spec["tolerations"] = list(template.tolerations)
+    if template.affinity:
+        spec["affinity"] = template.affinity
+    return pod
+
+
+def pod_disruption_budget(job: Job) -> Manifest:
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": job.metadata(job.name),
+        "spec": {
+            "minAvailable": job.spec.replicas.min,
+            "selector": {"matchLabels": job.labels(naming.ROLE_NODE)},
+        },
+    }
+
+
+def pod_group(job: Job) -> Manifest:
+    """scheduler-plugins coscheduling: schedule replicas.min pods together or none."""
+    return {
+        "apiVersion": "scheduling.x-k8s.io/v1alpha1",
+        "kind": "PodGroup",
+        "metadata": job.metadata(job.name),
+        "spec": {"minMember": job.spec.replicas.min},
+    }
+
+
+def node_selector_string(job: Job) -> str:
+    """The label selector of the node pods, for the scale subresource."""
+    return ",".join(f"{k}={v}" for k, v in job.labels(naming.ROLE_NODE).items())
+
+
+def static_children(job: Job) -> list[Manifest]:
+    """Children that live as long as the job, whatever its phase."""
+    children = [config_map(job), headless_service(job), rendezvous_service(job)]
+    if job.spec.scheduling.disruption_budget:
+        children.append(pod_disruption_budget(job))
+    if job.spec.scheduling.gang:
+        children.append(pod_group(job))
+    return children

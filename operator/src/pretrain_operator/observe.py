@@ -1,0 +1,143 @@
+"""What the operator observes, reduced to plain values: node pods, the base of a FinetuneJob,
+and the trainer's metrics. Pure functions over the objects the API server returns."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from pretrain_operator import naming
+
+
+@dataclass(frozen=True, slots=True)
+class PodState:
+    """One child pod as the reconciler sees it."""
+
+    name: str
+    uid: str
+    role: str
+    index: int | None
+    phase: str  # Pending, Running, Succeeded, Failed, Unknown
+    ready: bool
+    deleting: bool
+    node: str = ""
+    ip: str = ""
+    exit_code: int | None = None
+    reason: str = ""
+    message: str = ""
+    unschedulable: str = ""  # the scheduler's message while it cannot place the pod
+
+    @property
+    def failed(self) -> bool:
+        return self.phase == "Failed" and not self.deleting
+
+    @property
+    def active(self) -> bool:
+        return self.phase in {"Pending", "Running", "Unknown"} and not self.deleting
+
+
+def pod_state(pod: dict[str, Any]) -> PodState:
+    metadata, spec, status = pod["metadata"], pod.get("spec") or {}, pod.get("status") or {}
+    labels = metadata.get("labels") or {}
+    index = labels.get(naming.LABEL_NODE_INDEX)
+    conditions = {c.get("type"): c for c in status.get("conditions") or []}
+    scheduled = conditions.get("PodScheduled", {})
+    unschedulable = ""
+    if scheduled.get("status") == "False" and scheduled.get("reason") == "Unschedulable":
+        unschedulable = scheduled.get("message", "")
+    exit_code, reason, message = None, status.get("reason", ""), status.get("message", "")
+    for container in status.get("containerStatuses") or []:
+        terminated = (container.get("state") or {}).get("terminated")
+        if container.get("name") == naming.TRAINER_CONTAINER and terminated:
+            exit_code = terminated.get("exitCode")
+            reason = terminated.get("reason") or reason
+            message = terminated.get("message") or message
+    return PodState(
+        name=metadata["name"],
+        uid=metadata.get("uid", ""),
+        role=labels.get(naming.LABEL_ROLE, ""),
+        index=int(index) if index is not None and index.isdigit() else None,
+        phase=status.get("phase", "Pending"),
+        ready=conditions.get("Ready", {}).get("status") == "True",
+        deleting=bool(metadata.get("deletionTimestamp")),
+        node=spec.get("nodeName", ""),
+        ip=status.get("podIP", ""),
+        exit_code=exit_code,
+        reason=reason or "",
+        message=(message or "").strip()[-512:],
+        unschedulable=unschedulable,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class BaseJobState:
+    """The PretrainJob a FinetuneJob starts from."""
+
+    found: bool
+    phase: str = ""
+    checkpoint_uri: str = ""
+    checkpoint_step: int = 0
+    claim: str = ""  # the PVC its checkpoints live on, if any
+
+
+def base_job_state(body: dict[str, Any] | None) -> BaseJobState:
+    if body is None:
+        return BaseJobState(found=False)
+    status = body.get("status") or {}
+    checkpoint = status.get("checkpoint") or {}
+    storage = ((body.get("spec") or {}).get("checkpoint") or {}).get("storage") or {}
+    return BaseJobState(
+        found=True,
+        phase=status.get("phase", "Pending"),
+        checkpoint_uri=checkpoint.get("uri", ""),
+        checkpoint_step=int(checkpoint.get("step", 0) or 0),
+        claim=storage.get("persistentVolumeClaim", "") or "",
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class TrainerMetrics:
+    """What the trainer's Prometheus endpoint says (local ranks aggregated by the trainer)."""
+
+    step: int | None = None
+    loss: float | None = None
+    tokens: int | None = None
+    tokens_per_second: float | None = None
+    mfu: float | None = None
+    checkpoint_step: int | None = None
+    world_size: int | None = None
+
+
+METRIC_FIELDS = {
+    "pretrain_train_step": "step",
+    "pretrain_train_loss": "loss",
+    "pretrain_tokens_total": "tokens",
+    "pretrain_tokens_per_second": "tokens_per_second",
+    "pretrain_mfu_ratio": "mfu",
+    "pretrain_checkpoint_last_step": "checkpoint_step",
+    "pretrain_world_size": "world_size",
+}
+INTEGER_FIELDS = {"step", "tokens", "checkpoint_step", "world_size"}
+
+
+def parse_metrics(text: str) -> TrainerMetrics:
+    """Read the few gauges the status shows from Prometheus text exposition format."""
+    values: dict[str, Any] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        name_part, _, value_part = line.rpartition(" ")
+        name = name_part.split("{", 1)[0].strip()
+        field = METRIC_FIELDS.get(name)
+        if field is None:
+            continue
+        try:
+            value = float(value_part)
+        except ValueError:
+            continue
+        if not math.isfinite(value):  # a NaN loss is for alerts; JSON status cannot hold it
+            values[field] = None
+            continue
+        values[field] = int(value) if field in INTEGER_FIELDS else value
+    return TrainerMetrics(**values)

@@ -1,0 +1,344 @@
+"""Level-based reconciliation as a pure function: (job, its status, observed pods, base job,
+trainer metrics, now) -> what to create, what to delete, the new status and the events to post.
+
+Nothing here talks to the API server, so every phase transition is unit-tested without a cluster;
+`pretrain_operator.controller` executes the plan.
+"""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass, field
+
+from pretrain_operator import children, naming
+from pretrain_operator.api import FinetuneJobSpec, JobStatus, Phase
+from pretrain_operator.api.status import (
+    FINISHED_PHASES,
+    BaseStatus,
+    CheckpointStatus,
+    Condition,
+    EvaluationStatus,
+    ReplicaStatus,
+)
+from pretrain_operator.children import Job, Manifest
+from pretrain_operator.observe import BaseJobState, PodState, TrainerMetrics
+
+# Condition types (kubectl wait --for=condition=Succeeded ptj/NAME).
+RUNNING, SUCCEEDED, FAILED, SUSPENDED, SCHEDULED, WAITING_FOR_BASE = (
+    "Running", "Succeeded", "Failed", "Suspended", "Scheduled", "WaitingForBase",
+)  # fmt: skip
+
+
+@dataclass
+class Event:
+    type: str  # Normal or Warning
+    reason: str
+    message: str
+
+
+@dataclass
+class Plan:
+    """What to do for one job now."""
+
+    status: JobStatus
+    create: list[Manifest] = field(default_factory=list)
+    delete_pods: list[str] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+    delete_job: bool = False
+    requeue_after: float | None = None
+
+
+def timestamp(now: datetime.datetime) -> str:
+    return now.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def set_condition(
+    status: JobStatus,
+    type_: str,
+    value: bool,
+    reason: str,
+    message: str,
+    generation: int,
+    now: datetime.datetime,
+) -> None:
+    """Upsert a condition; its transition time moves only when its status does."""
+    wanted = "True" if value else "False"
+    for condition in status.conditions:
+        if condition.type == type_:
+            if condition.status != wanted:
+                condition.last_transition_time = timestamp(now)
+            condition.status, condition.reason, condition.message = wanted, reason, message
+            condition.observed_generation = generation
+            return
+    status.conditions.append(
+        Condition(
+            type=type_,
+            status=wanted,
+            reason=reason,
+            message=message,
+            last_transition_time=timestamp(now),
+            observed_generation=generation,
+        )
+    )
+
+
+def _finish(
+    plan: Plan, phase: Phase, reason: str, message: str, generation: int, now: datetime.datetime
+) -> None:
+    status = plan.status
+    status.phase = phase
+    status.completion_time = status.completion_time or timestamp(now)
+    set_condition(status, SUCCEEDED, phase == Phase.SUCCEEDED, reason, message, generation, now)
+    set_condition(status, FAILED, phase == Phase.FAILED, reason, message, generation, now)
+    set_condition(status, RUNNING, False, reason, message, generation, now)
+    plan.events.append(Event("Normal" if phase == Phase.SUCCEEDED else "Warning", reason, message))
+
+
+def _ttl(job: Job, plan: Plan, now: datetime.datetime) -> None:
+    ttl = job.spec.ttl_seconds_after_finished
+    if ttl is None or not plan.status.completion_time:
+        return
+    finished = datetime.datetime.strptime(plan.status.completion_time, "%Y-%m-%dT%H:%M:%SZ")
+    expires = finished.replace(tzinfo=datetime.UTC) + datetime.timedelta(seconds=ttl)
+    remaining = (expires - now).total_seconds()
+    if remaining <= 0:
+        plan.delete_job = True
+    else:
+        plan.requeue_after = remaining
+
+
+def resolve_base(
+    spec: FinetuneJobSpec, base: BaseJobState | None, namespace: str
+) -> tuple[str, str, str]:
+    """(checkpoint, problem reason, message) for a FinetuneJob's base; checkpoint '' = not yet."""
+    if spec.base.checkpoint:
+        return spec.base.checkpoint.uri, "", ""
+    if spec.base.hugging_face:
+        return spec.base.hugging_face.uri, "", ""
+    name = spec.base.pretrain_job
+    if base is None or not base.found:
+        return (
+            "",
+            "BaseNotFound",
+            (
+                f"spec.base.pretrainJob: PretrainJob {name} not found in namespace {namespace}; "
+                "waiting for it to be created"
+            ),
+        )
+    if base.phase == Phase.FAILED:
+        return "", "BaseFailed", f"spec.base.pretrainJob: PretrainJob {name} failed"
+    if base.phase != Phase.SUCCEEDED:
+        return (
+            "",
+            "BaseNotFinished",
+            (
+                f"waiting for PretrainJob {name} to succeed (phase {base.phase}, "
+                f"last validated checkpoint at step {base.checkpoint_step})"
+            ),
+        )
+    if not base.checkpoint_uri:
+        return (
+            "",
+            "BaseHasNoCheckpoint",
+            (f"spec.base.pretrainJob: PretrainJob {name} succeeded without a validated checkpoint"),
+        )
+    return base.checkpoint_uri, "", ""
+
+
+def _progress(status: JobStatus, metrics: TrainerMetrics | None, job: Job) -> None:
+    """Fold the trainer's report into status; without one, the last progress stays."""
+    progress = status.progress
+    training = job.spec.training
+    progress.total_steps = training.max_steps
+    if metrics is None:
+        return
+    if metrics.step is not None:
+        progress.step = metrics.step
+    if metrics.tokens is not None:
+        progress.tokens = metrics.tokens
+    progress.loss = metrics.loss if metrics.loss is not None else progress.loss
+    if metrics.tokens_per_second is not None:
+        progress.tokens_per_second = metrics.tokens_per_second
+    if metrics.mfu is not None:
+        progress.mfu = metrics.mfu
+    if metrics.checkpoint_step:
+        status.checkpoint = CheckpointStatus(
+            step=metrics.checkpoint_step,
+            uri=f"{checkpoint_root(job)}/{naming.checkpoint_step_dir(metrics.checkpoint_step)}",
+        )
+
+
+def checkpoint_root(job: Job) -> str:
+    """Where the job's checkpoints are, as a URI others (a FinetuneJob) can resolve."""
+    storage = job.spec.checkpoint.storage
+    if storage and storage.uri:
+        return storage.uri.rstrip("/")
+    if storage and storage.persistent_volume_claim:
+        path = (storage.path or job.name).strip("/")
+        return f"pvc://{storage.persistent_volume_claim}/{path}"
+    return ""
+
+
+def plan(
+    job: Job,
+    current: JobStatus,
+    generation: int,
+    pods: list[PodState],
+    now: datetime.datetime,
+    metrics: TrainerMetrics | None = None,
+    base: BaseJobState | None = None,
+) -> Plan:
+    status = current.model_copy(deep=True)
+    status.observed_generation = generation
+    status.selector = children.node_selector_string(job)
+    result = Plan(status=status)
+    replicas = job.spec.replicas
+    node_pods = {p.index: p for p in pods if p.role == naming.ROLE_NODE and p.index is not None}
+    rendezvous = next((p for p in pods if p.role == naming.ROLE_RENDEZVOUS), None)
+    active = [p for p in node_pods.values() if p.active]
+    _progress(status, metrics, job)
+
+    if status.phase in FINISHED_PHASES:
+        result.delete_pods = [p.name for p in pods if p.active]
+        _ttl(job, result, now)
+        _summarise(status, node_pods, replicas.max, job)
+        return result
+
+    if isinstance(job.spec, FinetuneJobSpec):
+        checkpoint, problem, message = resolve_base(job.spec, base, job.namespace)
+        waiting = not checkpoint
+        set_condition(status, WAITING_FOR_BASE, waiting, problem or "BaseResolved",
+                      message or f"starting from {checkpoint}", generation, now)  # fmt: skip
+        if problem == "BaseFailed" or problem == "BaseHasNoCheckpoint":
+            _finish(result, Phase.FAILED, problem, message, generation, now)
+            return result
+        if waiting:
+            status.phase = Phase.PENDING
+            return result
+        status.base = BaseStatus(resolved_checkpoint=checkpoint)
+        status.evaluation = status.evaluation or EvaluationStatus()
+
+    if job.spec.suspend:
+        result.delete_pods = [p.name for p in pods if not p.deleting]
+        if status.phase != Phase.SUSPENDED:
+            result.events.append(Event("Normal", "Suspended", "pods deleted; checkpoints kept"))
+        status.phase = Phase.SUSPENDED
+        set_condition(status, SUSPENDED, True, "Suspended", "spec.suspend is true", generation, now)
+        set_condition(status, RUNNING, False, "Suspended", "spec.suspend is true", generation, now)
+        status.pod_uids = {}  # pods deleted on purpose are not losses
+        _summarise(status, node_pods, replicas.max, job)
+        return result
+    set_condition(status, SUSPENDED, False, "Resumed", "", generation, now)
+
+    # A node pod that exited 0 means torchrun finished: the training is complete.
+    done = next((p for p in node_pods.values() if p.phase == "Succeeded"), None)
+    if done is not None:
+        _finish(result, Phase.SUCCEEDED, "TrainingComplete",
+                f"training finished ({done.name} exited 0)", generation, now)  # fmt: skip
+        result.delete_pods = [p.name for p in pods if p.active]
+        _summarise(status, node_pods, replicas.max, job)
+        return result
+
+    restarted = False
+    for index, pod in sorted(node_pods.items()):
+        if index >= replicas.max:  # scaled down: remove, not a loss
+            if not pod.deleting:
+                result.delete_pods.append(pod.name)
+            status.pod_uids.pop(str(index), None)
+            continue
+        if not pod.failed:
+            status.pod_uids.setdefault(str(index), pod.uid)  # adopt pods created before a crash
+            continue
+        if pod.exit_code == naming.EXIT_BAD_CONFIGURATION:
+            _finish(result, Phase.FAILED, "InvalidConfiguration",
+                    f"pod {pod.name} exited with code {pod.exit_code} (bad configuration): "
+                    f"{pod.message or pod.reason}", generation, now)  # fmt: skip
+            result.delete_pods = [p.name for p in pods if p.active]
+            return result
+        restarted = True
+        status.restarts += 1
+        status.pod_uids[str(index)] = ""
+        result.delete_pods.append(pod.name)
+        why = f"pod {pod.name} failed with exit code {pod.exit_code} ({pod.reason or 'Error'})"
+        if status.restarts > job.spec.failure_policy.max_restarts:
+            _finish(result, Phase.FAILED, "RestartLimitExceeded",
+                    f"{why}; {status.restarts} restarts exceed failurePolicy.maxRestarts "
+                    f"{job.spec.failure_policy.max_restarts}", generation, now)  # fmt: skip
+            result.delete_pods = [p.name for p in pods if p.active]
+            return result
+        result.events.append(Event("Warning", "PodFailed", f"{why}; recreating it "
+                                   f"(restart {status.restarts})"))  # fmt: skip
+
+    for index in range(replicas.max):
+        key = str(index)
+        if index not in node_pods and status.pod_uids.get(key):
+            restarted = True
+            status.restarts += 1
+            name = naming.node_pod_name(job.name, index)
+            result.events.append(Event("Warning", "PodLost",
+                f"pod {name} disappeared (deleted, evicted or its node was lost); "
+                f"recreating it (restart {status.restarts})"))  # fmt: skip
+            status.pod_uids[key] = ""
+        if index not in node_pods:
+            result.create.append(children.node_pod(job, index))
+    if status.restarts > job.spec.failure_policy.max_restarts:
+        _finish(result, Phase.FAILED, "RestartLimitExceeded",
+                f"{status.restarts} restarts exceed failurePolicy.maxRestarts "
+                f"{job.spec.failure_policy.max_restarts}", generation, now)  # fmt: skip
+        result.create, result.delete_pods = [], [p.name for p in pods if p.active]
+        return result
+
+    if rendezvous is None:
+        result.create.insert(0, children.rendezvous_pod(job))
+    elif rendezvous.phase in {"Failed", "Succeeded"} and not rendezvous.deleting:
+        result.delete_pods.append(rendezvous.name)  # recreated once gone
+
+    ready = sum(1 for p in active if p.ready and p.phase == "Running")
+    scheduled = [p for p in active if p.node]
+    unschedulable = next((p.unschedulable for p in active if p.unschedulable), "")
+    previous = status.phase
+    if ready >= replicas.min:
+        status.phase = Phase.RUNNING
+        status.start_time = status.start_time or timestamp(now)
+        set_condition(status, RUNNING, True, "EnoughNodesReady",
+                      f"{ready} of {replicas.max} node pods ready (minimum {replicas.min})",
+                      generation, now)  # fmt: skip
+    else:
+        message = f"{ready} of {replicas.min} required node pods ready"
+        if unschedulable:
+            message += f"; the scheduler says: {unschedulable}"
+        if restarted or previous in {Phase.RUNNING, Phase.RESTARTING}:
+            status.phase = Phase.RESTARTING
+        elif scheduled:
+            status.phase = Phase.STARTING
+        else:
+            status.phase = Phase.PENDING
+        set_condition(status, RUNNING, False, f"{status.phase.value}", message, generation, now)
+    if unschedulable:
+        set_condition(status, SCHEDULED, False, "Unschedulable", unschedulable, generation, now)
+    elif active and len(scheduled) == len(active) == replicas.max:
+        set_condition(status, SCHEDULED, True, "AllScheduled",
+                      f"{replicas.max} node pods scheduled", generation, now)  # fmt: skip
+    if status.phase != previous:
+        result.events.append(Event("Normal", status.phase.value, _phase_message(status)))
+    _summarise(status, node_pods, replicas.max, job)
+    return result
+
+
+def _phase_message(status: JobStatus) -> str:
+    condition = next((c for c in status.conditions if c.type == RUNNING), None)
+    return f"phase {status.phase.value}" + (f": {condition.message}" if condition else "")
+
+
+def _summarise(status: JobStatus, node_pods: dict[int, PodState], desired: int, job: Job) -> None:
+    pods = [p for i, p in node_pods.items() if i < desired and not p.deleting]
+    ready = sum(1 for p in pods if p.ready and p.phase == "Running")
+    status.replicas = ReplicaStatus(
+        desired=desired,
+        ready=ready,
+        pending=sum(1 for p in pods if p.phase == "Pending"),
+        failed=sum(1 for p in pods if p.phase == "Failed"),
+    )
+    status.nodes = f"{ready}/{desired}"
+    running = status.phase == Phase.RUNNING
+    status.world_size = ready * children.processes_per_node(job) if running else 0

@@ -1,0 +1,382 @@
+"""The operator against the real API server, scheduler and garbage collector, with kwok GPU nodes
+standing in for machines. It runs as the chart's ServiceAccount, so every test here also proves
+that the chart's RBAC is enough."""
+
+from __future__ import annotations
+
+import contextlib
+import http.server
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from devcluster.nodes import NodePool, NodeShape, finish_pod
+from devcluster.session import ClusterSession
+from devcluster.volumes import create_bound_claim
+from devcluster.waiting import wait_until
+from operator_process import OperatorProcess
+
+pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("operator")]
+
+GROUP, VERSION = "pretrain.dev", "v1alpha1"
+JOB_LABEL = "pretrain.dev/job-name"
+
+
+def pretrain_job(
+    name: str, pool: NodePool, min_nodes: int = 1, max_nodes: int = 1, **spec: Any
+) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "PretrainJob",
+        "metadata": {"name": name},
+        "spec": {
+            "objective": {"type": "CausalLM"},
+            "model": {"family": "gpt", "size": "tiny"},
+            "data": {"sources": [{"uri": "file:///data/corpus.jsonl"}]},
+            "training": {"globalBatchSize": 64, "microBatchSize": 8, "maxSteps": 1000},
+            "replicas": {"min": min_nodes, "max": max_nodes},
+            "resources": {"accelerator": {"type": "nvidia.com/gpu", "count": 8}},
+            "template": {"nodeSelector": pool.selector},
+            **spec,
+        },
+    }
+
+
+class Jobs:
+    """The custom objects API, as the admin (the test), for one namespace."""
+
+    def __init__(self, cluster: ClusterSession, namespace: str) -> None:
+        self.api = client.CustomObjectsApi(cluster.api)
+        self.core = cluster.core
+        self.namespace = namespace
+
+    def create(self, manifest: dict[str, Any]) -> None:
+        plural = manifest["kind"].lower() + "s"
+        self.api.create_namespaced_custom_object(GROUP, VERSION, self.namespace, plural, manifest)
+
+    def get(self, name: str, plural: str = "pretrainjobs") -> dict[str, Any]:
+        body: dict[str, Any] = self.api.get_namespaced_custom_object(
+            GROUP, VERSION, self.namespace, plural, name
+        )
+        return body
+
+    def status(self, name: str, plural: str = "pretrainjobs") -> dict[str, Any]:
+        return dict(self.get(name, plural).get("status") or {})
+
+    def patch(self, name: str, spec: dict[str, Any], plural: str = "pretrainjobs") -> None:
+        self.api.patch_namespaced_custom_object(
+            GROUP, VERSION, self.namespace, plural, name, {"spec": spec}
+        )
+
+    def pods(self, job: str) -> dict[str, client.V1Pod]:
+        listed = self.core.list_namespaced_pod(self.namespace, label_selector=f"{JOB_LABEL}={job}")
+        return {p.metadata.name: p for p in listed.items}
+
+    def wait_phase(self, name: str, phase: str, plural: str = "pretrainjobs") -> dict[str, Any]:
+        status: dict[str, Any] = wait_until(
+            lambda: (s := self.status(name, plural)).get("phase") == phase and s,
+            f"{name} in phase {phase}",
+        )
+        return status
+
+    def events(self, name: str) -> list[str]:
+        listed = self.core.list_namespaced_event(
+            self.namespace, field_selector=f"involvedObject.name={name}"
+        )
+        return [f"{e.reason}: {e.message}" for e in listed.items]
+
+
+@pytest.fixture
+def jobs(cluster: ClusterSession, namespace: str) -> Jobs:
+    return Jobs(cluster, namespace)
+
+
+def condition(status: dict[str, Any], type_: str) -> dict[str, Any]:
+    return next(c for c in status["conditions"] if c["type"] == type_)
+
+
+def test_elastic_job_runs_on_the_nodes_there_are_and_replaces_failed_pods(
+    jobs: Jobs, node_pool: NodePool
+) -> None:
+    for _ in range(3):
+        node_pool.add(NodeShape(gpus=8))
+    jobs.create(pretrain_job("elastic", node_pool, min_nodes=2, max_nodes=4))
+
+    status = wait_until(
+        lambda: (s := jobs.status("elastic")).get("replicas", {}).get("ready") == 3 and s,
+        "3 ready node pods",
+    )
+    pods = jobs.pods("elastic")
+    node_pods = {n: p for n, p in pods.items() if n.startswith("elastic-node-")}
+    assert sorted(node_pods) == [f"elastic-node-{i}" for i in range(4)]
+    assert "elastic-rdzv" in pods  # the rendezvous lives outside the workers
+    pending = [p for p in node_pods.values() if p.status.phase == "Pending"]
+    assert len(pending) == 1
+    scheduled = next(c for c in pending[0].status.conditions if c.type == "PodScheduled")
+    assert "Insufficient nvidia.com/gpu" in scheduled.message
+    assert status["phase"] == "Running"
+    assert status["nodes"] == "3/4"
+    assert status["worldSize"] == 24
+    assert status["replicas"] == {"desired": 4, "ready": 3, "pending": 1, "failed": 0}
+    assert "Insufficient nvidia.com/gpu" in condition(status, "Scheduled")["message"]
+
+    command = node_pods["elastic-node-0"].spec.containers[0].command
+    assert "--nnodes=2:4" in command
+    assert "--rdzv-endpoint=elastic-rdzv:29400" in command
+    assert node_pods["elastic-node-0"].spec.containers[0].resources.limits == {
+        "nvidia.com/gpu": "8"
+    }
+
+    node_pool.add(NodeShape(gpus=8))  # capacity appears: the pending pod joins
+    wait_until(lambda: jobs.status("elastic")["replicas"]["ready"] == 4, "4 ready node pods")
+
+    victim = jobs.pods("elastic")["elastic-node-1"]
+    finish_pod(jobs.core, jobs.namespace, "elastic-node-1", "Failed", exit_code=1)
+    wait_until(lambda: jobs.status("elastic").get("restarts") == 1, "restarts == 1")
+    replacement = wait_until(
+        lambda: (
+            (p := jobs.pods("elastic").get("elastic-node-1"))
+            and p.metadata.uid != victim.metadata.uid
+            and p
+        ),
+        "a replacement for elastic-node-1",
+    )
+    assert replacement.status.phase in {"Pending", "Running"}
+    wait_until(lambda: jobs.status("elastic")["replicas"]["ready"] == 4, "4 ready again")
+    assert jobs.status("elastic")["restarts"] == 1  # counted once, not once per observation
+    assert any(e.startswith("PodFailed: pod elastic-node-1") for e in jobs.events("elastic"))
+
+
+def test_exhausting_max_restarts_fails_the_job_naming_the_pod(
+    jobs: Jobs, node_pool: NodePool
+) -> None:
+    node_pool.add(NodeShape(gpus=8))
+    jobs.create(pretrain_job("fragile", node_pool, failurePolicy={"maxRestarts": 1}))
+    jobs.wait_phase("fragile", "Running")
+
+    finish_pod(jobs.core, jobs.namespace, "fragile-node-0", "Failed", exit_code=137)
+    wait_until(lambda: jobs.status("fragile").get("restarts") == 1, "first restart")
+    jobs.wait_phase("fragile", "Running")
+    finish_pod(jobs.core, jobs.namespace, "fragile-node-0", "Failed", exit_code=139)
+
+    status = jobs.wait_phase("fragile", "Failed")
+    failed = condition(status, "Failed")
+    assert failed["status"] == "True"
+    assert failed["reason"] == "RestartLimitExceeded"
+    assert "fragile-node-0" in failed["message"]
+    assert "exit code 139" in failed["message"]
+    assert status["completionTime"]
+
+
+def test_a_bad_configuration_exit_code_fails_at_once(jobs: Jobs, node_pool: NodePool) -> None:
+    node_pool.add(NodeShape(gpus=8))
+    jobs.create(pretrain_job("misconfigured", node_pool))
+    jobs.wait_phase("misconfigured", "Running")
+
+    finish_pod(jobs.core, jobs.namespace, "misconfigured-node-0", "Failed", exit_code=78)
+
+    status = jobs.wait_phase("misconfigured", "Failed")
+    assert condition(status, "Failed")["reason"] == "InvalidConfiguration"
+    assert status.get("restarts", 0) == 0
+
+
+def test_suspend_deletes_the_pods_and_resume_brings_them_back(
+    jobs: Jobs, node_pool: NodePool
+) -> None:
+    node_pool.add(NodeShape(gpus=8))
+    node_pool.add(NodeShape(gpus=8))
+    jobs.create(pretrain_job("pausable", node_pool, min_nodes=2, max_nodes=2))
+    jobs.wait_phase("pausable", "Running")
+
+    jobs.patch("pausable", {"suspend": True})
+    jobs.wait_phase("pausable", "Suspended")
+    wait_until(lambda: not jobs.pods("pausable"), "no pods while suspended")
+    config = jobs.core.read_namespaced_config_map("pausable-config", jobs.namespace)
+    assert "pausable" in config.data["job.json"]  # what a resume needs is kept
+
+    jobs.patch("pausable", {"suspend": False})
+    status = jobs.wait_phase("pausable", "Running")
+    assert status.get("restarts", 0) == 0  # suspending is not a failure
+    assert condition(status, "Suspended")["status"] == "False"
+
+
+def test_finished_job_is_deleted_after_its_ttl(jobs: Jobs, node_pool: NodePool) -> None:
+    node_pool.add(NodeShape(gpus=8))
+    jobs.create(pretrain_job("shortlived", node_pool, ttlSecondsAfterFinished=3))
+    jobs.wait_phase("shortlived", "Running")
+
+    finish_pod(jobs.core, jobs.namespace, "shortlived-node-0", "Succeeded")
+    status = jobs.wait_phase("shortlived", "Succeeded")
+    assert condition(status, "Succeeded")["status"] == "True"
+
+    def gone() -> bool:
+        try:
+            jobs.get("shortlived")
+        except ApiException as error:
+            return bool(error.status == 404)
+        return False
+
+    wait_until(gone, "the job deleted by its TTL", timeout=60)
+
+
+def test_deleting_the_job_removes_every_child(jobs: Jobs, node_pool: NodePool) -> None:
+    node_pool.add(NodeShape(gpus=8))
+    jobs.create(pretrain_job("doomed", node_pool, scheduling={"disruptionBudget": True}))
+    jobs.wait_phase("doomed", "Running")
+    assert jobs.core.read_namespaced_service("doomed", jobs.namespace).spec.cluster_ip == "None"
+    policy = client.PolicyV1Api(jobs.api.api_client)
+    assert policy.read_namespaced_pod_disruption_budget("doomed", jobs.namespace)
+
+    jobs.api.delete_namespaced_custom_object(
+        GROUP, VERSION, jobs.namespace, "pretrainjobs", "doomed"
+    )
+
+    def children_left() -> list[str]:
+        left = [f"pod/{name}" for name in jobs.pods("doomed")]
+        for kind, items in (
+            ("service", jobs.core.list_namespaced_service(jobs.namespace).items),
+            ("configmap", jobs.core.list_namespaced_config_map(jobs.namespace).items),
+            ("pdb", policy.list_namespaced_pod_disruption_budget(jobs.namespace).items),
+        ):
+            left += [f"{kind}/{i.metadata.name}" for i in items if "doomed" in i.metadata.name]
+        return left
+
+    wait_until(lambda: not children_left() or None, "garbage collection of every child")
+
+
+class FakeTrainerMetrics:
+    """What a trainer's metrics endpoint serves, bound to a simulated pod's loopback IP.
+
+    kwok pods run no process; this stands in for the trainer's Prometheus endpoint so that the
+    operator's reading of it is tested here (the real trainer serves it in the end-to-end tests).
+    """
+
+    def __init__(self, ip: str) -> None:
+        self.text = ""
+        owner = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                body = owner.text.encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; version=0.0.4")
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer((ip, 9400), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@contextlib.contextmanager
+def trainer_metrics(ip: str) -> Iterator[FakeTrainerMetrics]:
+    fake = FakeTrainerMetrics(ip)
+    try:
+        yield fake
+    finally:
+        fake.close()
+
+
+def test_finetune_job_waits_for_its_pretrain_job_and_starts_from_its_checkpoint(
+    jobs: Jobs, node_pool: NodePool, tmp_path: Path
+) -> None:
+    node_pool.add(NodeShape(gpus=8))
+    finetune = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "FinetuneJob",
+        "metadata": {"name": "classify"},
+        "spec": {
+            "base": {"pretrainJob": "base-model"},
+            "task": {"type": "SequenceClassification", "numLabels": 2},
+            "data": {"train": {"uri": "file:///data/train.jsonl"}},
+            "training": {"maxSteps": 10, "globalBatchSize": 8, "microBatchSize": 8},
+            "template": {"nodeSelector": node_pool.selector},
+        },
+    }
+    jobs.create(finetune)
+    waiting = wait_until(
+        lambda: (s := jobs.status("classify", "finetunejobs")).get("conditions") and s,
+        "the FinetuneJob's first status",
+    )
+    assert waiting["phase"] == "Pending"
+    assert condition(waiting, "WaitingForBase")["reason"] == "BaseNotFound"
+    assert "spec.base.pretrainJob" in condition(waiting, "WaitingForBase")["message"]
+
+    create_bound_claim(jobs.core, jobs.namespace, "ckpt", str(tmp_path / "ckpt"))
+    storage = {"storage": {"persistentVolumeClaim": "ckpt", "path": "runs/base"}}
+    jobs.create(pretrain_job("base-model", node_pool, checkpoint=storage))
+    jobs.wait_phase("base-model", "Running")
+    ip = jobs.pods("base-model")["base-model-node-0"].status.pod_ip
+    with trainer_metrics(ip) as trainer:
+        trainer.text = (
+            "pretrain_train_step 120\npretrain_train_loss 2.5\npretrain_tokens_total 61440\n"
+            "pretrain_tokens_per_second 1000.5\npretrain_checkpoint_last_step 100\n"
+        )
+        progress = wait_until(
+            lambda: (s := jobs.status("base-model"))["progress"].get("step") == 120 and s,
+            "the trainer's progress in status",
+        )
+        assert progress["progress"]["loss"] == 2.5
+        assert progress["checkpoint"] == {"step": 100, "uri": "pvc://ckpt/runs/base/step-000000100"}
+        assert condition(jobs.status("classify", "finetunejobs"), "WaitingForBase")["reason"] == (
+            "BaseNotFinished"
+        )
+    # A trainer that stops answering is not a failure; the last progress stays.
+    assert jobs.status("base-model")["progress"]["step"] == 120
+
+    finish_pod(jobs.core, jobs.namespace, "base-model-node-0", "Succeeded")
+    jobs.wait_phase("base-model", "Succeeded")
+    status = jobs.wait_phase("classify", "Running", "finetunejobs")
+    assert status["base"]["resolvedCheckpoint"] == "pvc://ckpt/runs/base/step-000000100"
+    pod = jobs.pods("classify")["classify-node-0"]
+    env = {e.name: e.value for e in pod.spec.containers[0].env}
+    assert env["PRETRAIN_BASE_CHECKPOINT"] == "/base/runs/base/step-000000100"
+    base_volume = next(v for v in pod.spec.volumes if v.name == "base")
+    assert base_volume.persistent_volume_claim.claim_name == "ckpt"
+    assert base_volume.persistent_volume_claim.read_only
+    mount = next(m for m in pod.spec.containers[0].volume_mounts if m.name == "base")
+    assert mount.read_only
+
+
+def test_restarted_operator_converges_without_duplicates_or_lost_status(
+    jobs: Jobs, node_pool: NodePool, operator: OperatorProcess
+) -> None:
+    node_pool.add(NodeShape(gpus=8))
+    node_pool.add(NodeShape(gpus=8))
+    jobs.create(pretrain_job("steady", node_pool, min_nodes=1, max_nodes=3))
+    wait_until(lambda: len(jobs.pods("steady")) >= 2, "the first pods")
+    operator.restart(kill=True)  # in the middle of reconciling: SIGKILL, no goodbye
+
+    wait_until(lambda: jobs.status("steady").get("replicas", {}).get("ready") == 2, "2 ready")
+    finish_pod(jobs.core, jobs.namespace, "steady-node-0", "Failed", exit_code=1)
+    wait_until(lambda: jobs.status("steady").get("restarts") == 1, "one restart")
+    operator.restart(kill=True)
+
+    wait_until(lambda: jobs.status("steady")["replicas"]["ready"] == 2, "2 ready after restart")
+    pods = jobs.pods("steady")
+    assert sorted(pods) == ["steady-node-0", "steady-node-1", "steady-node-2", "steady-rdzv"]
+    status = jobs.status("steady")
+    assert status["restarts"] == 1  # neither lost nor counted twice
+    assert status["phase"] == "Running"
+    assert status["startTime"]
+
+
+def test_operator_exports_its_metrics(operator: OperatorProcess) -> None:
+    text = operator.metrics()
+    for name in (
+        "pretrain_operator_reconcile_duration_seconds_bucket",
+        "pretrain_operator_pods_created_total",
+        "pretrain_operator_jobs",
+    ):
+        assert name in text
