@@ -78,11 +78,13 @@ cluster-down: venv ## stop the local control plane
 manifests: venv ## regenerate crds/ and the chart's CRDs from the API models
 	$(PY) -m pretrain_operator.manifests .
 
-.PHONY: demo run image bench
+.PHONY: run
+run: venv ## run the operator from source against the current KUBECONFIG
+	$(PY) -m pretrain_operator $(RUN_ARGS)
+
+.PHONY: demo image bench
 demo: ## the whole system on this machine (not yet: the end-to-end issue builds it)
 	@echo "make demo: not yet - it arrives with the end-to-end issue (local nodes, operator, trainer)." >&2; exit 2
-run: ## run the operator from source against KUBECONFIG (not yet: the operator issue)
-	@echo "make run: not yet - it arrives with the operator issue." >&2; exit 2
 image: ## build the operator and trainer images (not yet: the shipping issue)
 	@echo "make image: not yet - it arrives with the shipping issue." >&2; exit 2
 bench: ## benchmarks against their baselines (not yet: the benchmarks issue)

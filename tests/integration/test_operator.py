@@ -78,11 +78,11 @@ class Jobs:
         return {p.metadata.name: p for p in listed.items}
 
     def wait_phase(self, name: str, phase: str, plural: str = "pretrainjobs") -> dict[str, Any]:
-        status: dict[str, Any] = wait_until(
-            lambda: (s := self.status(name, plural)).get("phase") == phase and s,
-            f"{name} in phase {phase}",
-        )
-        return status
+        def in_phase() -> dict[str, Any] | None:
+            status = self.status(name, plural)
+            return status if status.get("phase") == phase else None
+
+        return wait_until(in_phase, f"{name} in phase {phase}")
 
     def events(self, name: str) -> list[str]:
         listed = self.core.list_namespaced_event(

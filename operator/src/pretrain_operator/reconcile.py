@@ -45,7 +45,6 @@ class Plan:
     delete_pods: list[str] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
     delete_job: bool = False
-    requeue_after: float | None = None
 
 
 def timestamp(now: datetime.datetime) -> str:
@@ -100,11 +99,7 @@ def _ttl(job: Job, plan: Plan, now: datetime.datetime) -> None:
         return
     finished = datetime.datetime.strptime(plan.status.completion_time, "%Y-%m-%dT%H:%M:%SZ")
     expires = finished.replace(tzinfo=datetime.UTC) + datetime.timedelta(seconds=ttl)
-    remaining = (expires - now).total_seconds()
-    if remaining <= 0:
-        plan.delete_job = True
-    else:
-        plan.requeue_after = remaining
+    plan.delete_job = now >= expires  # checked again at every resync until then
 
 
 def resolve_base(
