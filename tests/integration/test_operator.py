@@ -380,3 +380,15 @@ def test_operator_exports_its_metrics(operator: OperatorProcess) -> None:
         "pretrain_operator_jobs",
     ):
         assert name in text
+
+
+def test_gang_scheduling_without_a_podgroup_api_is_a_condition_not_a_crash(
+    jobs: Jobs, node_pool: NodePool
+) -> None:
+    node_pool.add(NodeShape(gpus=8))
+    jobs.create(pretrain_job("gang", node_pool, scheduling={"gang": True}))
+    status = jobs.wait_phase("gang", "Running")
+    missing = condition(status, "OptionalChildMissing")
+    assert "spec.scheduling" in missing["message"]
+    assert "PodGroup" in missing["message"]
+    assert not [c for c in status["conditions"] if c["type"] == "ReconcileFailed"]

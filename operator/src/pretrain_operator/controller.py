@@ -57,6 +57,7 @@ class Controller:
     )
     _static_applied: dict[str, int] = field(default_factory=dict)  # uid -> generation
     _seen_phase: dict[str, str] = field(default_factory=dict)  # uid -> phase, for metrics
+    _missing_apis: dict[str, list[str]] = field(default_factory=dict)  # uid -> messages
     # Watches lag behind our own writes. Like controller-runtime's expectations, remember what we
     # did until the indexes show it, so a lagging view never double-counts a restart.
     _written: dict[str, JobStatus] = field(default_factory=dict)  # job uid -> status we wrote
@@ -103,7 +104,7 @@ class Controller:
         base = base_job_state(dict(base_body)) if base_body is not None else None
         job = self._job(kind, body, spec, base)
         if self._static_applied.get(meta["uid"]) != generation:
-            await self._apply_static(job)
+            self._missing_apis[meta["uid"]] = await self._apply_static(job)
             self._static_applied[meta["uid"]] = generation
 
         states = self._expected(meta["uid"], [pod_state(dict(p)) for p in pods])
@@ -123,6 +124,9 @@ class Controller:
             index = manifest["metadata"]["labels"].get(naming.LABEL_NODE_INDEX)
             if index is not None:
                 result.status.pod_uids[index] = created
+        for missing in self._missing_apis.get(meta["uid"], []):
+            set_condition(result.status, "OptionalChildMissing", True, "ApiNotInstalled",
+                          missing, generation, now)  # fmt: skip
         self._observe(kind, body, current, result.status)
         for event in result.events:
             self._post(body, event)
@@ -169,11 +173,19 @@ class Controller:
         return Job(kind, meta["name"], meta["namespace"], meta["uid"], spec,
                    self.settings.trainer_image, checkpoint, claim)  # fmt: skip
 
-    async def _apply_static(self, job: Job) -> None:
+    async def _apply_static(self, job: Job) -> list[str]:
+        """Create the long-lived children; return what could not be made for lack of an API."""
+        missing = []
         for manifest in children.static_children(job):
-            created = await kube.create(self.api, manifest)
+            try:
+                created = await kube.create(self.api, manifest)
+            except kube.MissingApiError as error:
+                # An optional add-on (a gang scheduler's PodGroup) is absent: say so and train on.
+                missing.append(f"spec.scheduling: {error}; install it or turn the option off")
+                continue
             if created is None and manifest["kind"] == "ConfigMap":
                 await kube.replace_config_map(self.api, manifest)
+        return missing
 
     async def _metrics(self, pods: list[PodState]) -> TrainerMetrics | None:
         """Ask the first ready node pod; step and loss are global, any rank reports them."""
@@ -248,6 +260,7 @@ class Controller:
     def forget(self, uid: str, kind: Kind) -> None:
         """The job is gone: drop what the controller remembered of it."""
         self._static_applied.pop(uid, None)
+        self._missing_apis.pop(uid, None)
         self._locks.pop(uid, None)
         self._written.pop(uid, None)
         self._created.pop(uid, None)

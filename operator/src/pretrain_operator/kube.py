@@ -51,6 +51,10 @@ async def connect() -> Api:
     return Api(client.ApiClient(), aiohttp.ClientSession(timeout=SCRAPE_TIMEOUT))
 
 
+class MissingApiError(RuntimeError):
+    """The cluster does not serve this kind (its CRD is not installed)."""
+
+
 def _conflict(error: ApiException) -> bool:
     return error.status == 409
 
@@ -77,6 +81,8 @@ async def create(api: Api, manifest: Manifest) -> str | None:
     except ApiException as error:
         if _conflict(error):
             return None
+        if error.status == 404 and kind not in {"Pod", "Service", "ConfigMap"}:
+            raise MissingApiError(f"{manifest['apiVersion']} {kind} is not served") from error
         raise
     return str(created.metadata.uid)
 
