@@ -149,7 +149,9 @@ def test_elastic_job_runs_on_the_nodes_there_are_and_replaces_failed_pods(
     assert replacement.status.phase in {"Pending", "Running"}
     wait_until(lambda: jobs.status("elastic")["replicas"]["ready"] == 4, "4 ready again")
     assert jobs.status("elastic")["restarts"] == 1  # counted once, not once per observation
-    assert any(e.startswith("PodFailed: pod elastic-node-1") for e in jobs.events("elastic"))
+    events = jobs.events("elastic")
+    assert any(e.startswith("PodFailed: pod elastic-node-1") for e in events)
+    assert any(e.startswith("Running: phase Running") for e in events)  # phase changes too
 
 
 def test_exhausting_max_restarts_fails_the_job_naming_the_pod(

@@ -79,6 +79,8 @@ class Controller:
                 try:
                     await self._reconcile(kind, body, pods, base)
                 except Exception as error:  # the operator must survive any input
+                    if kube.namespace_terminating(error):
+                        return
                     metrics.RECONCILE_ERRORS.labels(kind.kind).inc()
                     self.logger.exception("reconcile of %s failed", body["metadata"]["name"])
                     await self._record_failure(kind, body, error)

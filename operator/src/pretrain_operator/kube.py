@@ -55,6 +55,15 @@ class MissingApiError(RuntimeError):
     """The cluster does not serve this kind (its CRD is not installed)."""
 
 
+def namespace_terminating(error: Exception) -> bool:
+    """Creating in a namespace that is being deleted is refused; its jobs go with it."""
+    return (
+        isinstance(error, ApiException)
+        and error.status == 403
+        and "because it is being terminated" in str(error.body)
+    )
+
+
 def _conflict(error: ApiException) -> bool:
     return error.status == 409
 
