@@ -1,0 +1,91 @@
+"""Reading a data source by URI, streaming: file://, pvc://CLAIM/path (a mounted claim), s3://,
+gs:// through fsspec; formats text, jsonl and parquet. Nothing is loaded whole, so a corpus larger
+than memory streams through."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import fsspec
+
+from pretrain_operator.api.pretrain import DataFormat, DataSource
+
+DEFAULT_PVC_ROOT = "/mnt/pvc"
+
+
+class DataError(ValueError):
+    """A source cannot be read; the message names the field and the URI."""
+
+
+def pvc_root() -> Path:
+    """Where pvc://CLAIM/... lives: claims are mounted as directories under this root."""
+    return Path(os.environ.get("PRETRAIN_PVC_ROOT", DEFAULT_PVC_ROOT))
+
+
+def resolve(uri: str) -> str:
+    """An fsspec URL for a job URI."""
+    if uri.startswith("pvc://"):
+        return str(pvc_root() / uri.removeprefix("pvc://"))
+    if uri.startswith("file://"):
+        return uri.removeprefix("file://")
+    return uri
+
+
+def list_files(uri: str, field: str) -> list[str]:
+    """The files of a source, sorted (a directory lists its files recursively)."""
+    url = resolve(uri)
+    filesystem, path = fsspec.core.url_to_fs(url)
+    if not filesystem.exists(path):
+        raise DataError(f"{field}: {uri} does not exist")
+    if filesystem.isdir(path):
+        files = sorted(f for f in filesystem.find(path) if not Path(f).name.startswith("."))
+        if not files:
+            raise DataError(f"{field}: {uri} is an empty directory")
+        return [filesystem.unstrip_protocol(f) for f in files]
+    return [filesystem.unstrip_protocol(path)]
+
+
+def _documents_in_file(url: str, source: DataSource, field: str) -> Iterator[str]:
+    if source.format == DataFormat.PARQUET:
+        import pyarrow.parquet as pq
+
+        with fsspec.open(url, "rb") as handle:
+            parquet = pq.ParquetFile(handle)
+            if source.field not in parquet.schema_arrow.names:
+                raise DataError(f"{field}.field: no column {source.field!r} in {url}")
+            for batch in parquet.iter_batches(columns=[source.field], batch_size=1024):
+                yield from (t for t in batch.column(0).to_pylist() if t)
+        return
+    with fsspec.open(url, "rt", encoding="utf-8", errors="replace") as handle:
+        if source.format == DataFormat.JSONL:
+            for number, line in enumerate(handle, 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as error:
+                    raise DataError(f"{field}: {url} line {number} is not JSON: {error}") from None
+                text = record.get(source.field) if isinstance(record, dict) else None
+                if isinstance(text, str) and text:
+                    yield text
+        else:  # plain text: documents are separated by blank lines
+            paragraph: list[str] = []
+            for line in handle:
+                if line.strip():
+                    paragraph.append(line)
+                elif paragraph:
+                    yield "".join(paragraph).strip()
+                    paragraph = []
+            if paragraph:
+                yield "".join(paragraph).strip()
+
+
+def documents(source: DataSource, field: str) -> Iterator[str]:
+    """Every document of a source, in a fixed order (files sorted, records in file order)."""
+    if source.format == DataFormat.IMAGE_FOLDER:
+        raise DataError(f"{field}.format: imagefolder holds images, not text")
+    for url in list_files(source.uri, f"{field}.uri"):
+        yield from _documents_in_file(url, source, field)
