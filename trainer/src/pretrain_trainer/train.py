@@ -21,7 +21,7 @@ from pretrain_operator.api import PretrainJobSpec
 from pretrain_operator.api.common import Decay, OptimizerName, Precision, Training
 from pretrain_trainer.build import build_model, build_objective
 from pretrain_trainer.data.sources import documents
-from pretrain_trainer.data.text import TrainingSamples, validation_samples
+from pretrain_trainer.data.text import training_samples, validation_samples
 from pretrain_trainer.export import export_model
 from pretrain_trainer.objectives.base import Batch, Objective
 from pretrain_trainer.tokenizer import limited, load_tokenizer, special_ids, train_tokenizer
@@ -137,21 +137,20 @@ def evaluate(
     device: torch.device,
     precision: Precision,
 ) -> float:
-    """Mean loss per target over the validation set."""
+    """The validation loss, normalised like a training step (per target, per term)."""
     model.eval()
-    total = torch.zeros((), device=device)
-    count = torch.zeros((), device=device)
+    batches = []
+    for start in range(0, len(samples), micro_batch):
+        chunk = list(samples[start : start + micro_batch])
+        indices = [EVALUATION_INDEX_OFFSET + start + i for i in range(len(chunk))]
+        batches.append(objective.prepare(chunk, indices))
+    sums: dict[str, torch.Tensor] = {}
     with torch.no_grad(), autocast(device, precision):
-        for start in range(0, len(samples), micro_batch):
-            chunk = list(samples[start : start + micro_batch])
-            indices = [EVALUATION_INDEX_OFFSET + start + i for i in range(len(chunk))]
-            loss_sum, targets = objective.loss(
-                model, _to(objective.prepare(chunk, indices), device)
-            )
-            total += loss_sum.float()
-            count += targets
+        for batch in batches:
+            for name, value in objective.loss(model, _to(batch, device)).items():
+                sums[name] = sums[name] + value.float() if name in sums else value.float()
     model.train()
-    return float(total / count.clamp(min=1))
+    return float(objective.combine(sums, objective.counts(batches)))
 
 
 def run(
@@ -173,7 +172,7 @@ def run(
     forward_model: nn.Module = torch.compile(model) if training.compile else model  # type: ignore[assignment]
     optimizer = optimizer_for(model, training)
     steps = total_steps(training, spec.data.sequence_length, max_steps)
-    samples = TrainingSamples(spec.data, tokenizer, training.seed, special.eos)
+    samples = training_samples(spec.data, tokenizer, training.seed, special.eos)
     held_out = validation_samples(spec.data, tokenizer, training.seed, special.eos,
                                   VALIDATION_SEQUENCES)  # fmt: skip
     if not held_out:
@@ -193,7 +192,7 @@ def run(
                        for k in range(0, len(batch_samples), micro)]  # fmt: skip
             # Normalise by the targets of the whole step, not per micro-batch: the loss is the
             # same however the step is split (across micro-batches now, across ranks later).
-            targets = max(1, sum(objective.targets(b) for b in batches))
+            counts = objective.counts(batches)
             rate = learning_rate(training, step - 1, steps)
             for group in optimizer.param_groups:
                 group["lr"] = rate
@@ -201,16 +200,17 @@ def run(
             loss_total = torch.zeros((), device=device)
             for batch in batches:
                 with autocast(device, training.precision):
-                    loss_sum, _ = objective.loss(forward_model, _to(batch, device))
-                (loss_sum / targets).backward()  # type: ignore[no-untyped-call]
-                loss_total += loss_sum.detach().float()
+                    loss = objective.combine(objective.loss(forward_model, _to(batch, device)),
+                                             counts)  # fmt: skip
+                loss.backward()  # type: ignore[no-untyped-call]
+                loss_total += loss.detach()
             clip = training.gradient_clipping or float("inf")
             grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip))
             optimizer.step()
             tokens += len(batch_samples) * spec.data.sequence_length
             elapsed = time.perf_counter() - started
             report = StepReport(
-                step=step, total_steps=steps, loss=float(loss_total) / targets, tokens=tokens,
+                step=step, total_steps=steps, loss=float(loss_total), tokens=tokens,
                 tokens_per_second=len(batch_samples) * spec.data.sequence_length / elapsed,
                 learning_rate=rate, grad_norm=grad_norm, world_size=1, seconds=elapsed,
             )  # fmt: skip

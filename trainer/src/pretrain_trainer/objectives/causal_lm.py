@@ -25,10 +25,10 @@ class CausalLanguageModeling(Objective):
             "target_count": (targets != -100).sum(),
         }
 
-    def loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    def loss(self, model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
         logits = model(batch["input_ids"], documents=batch["documents"])
         labels = batch["labels"]
         total = F.cross_entropy(
             logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100, reduction="sum"
         )
-        return total, (labels != -100).sum()
+        return {"loss": total}

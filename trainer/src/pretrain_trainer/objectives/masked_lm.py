@@ -64,10 +64,9 @@ class MaskedLanguageModeling(Objective):
             "target_count": masking.chosen.sum(),
         }
 
-    def loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    def loss(self, model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
         hidden = model(batch["input_ids"])
         chosen = batch["labels"] != -100
         # The head runs on the chosen positions only (also through a torch.compile wrapper).
         logits = cast(Any, model).mlm_logits(hidden[chosen])
-        total = F.cross_entropy(logits.float(), batch["labels"][chosen], reduction="sum")
-        return total, chosen.sum()
+        return {"loss": F.cross_entropy(logits.float(), batch["labels"][chosen], reduction="sum")}
