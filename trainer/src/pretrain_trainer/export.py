@@ -114,7 +114,7 @@ def bert_hf_config(model: Bert) -> dict[str, Any]:
 
 
 def export_model(
-    model: nn.Module, spec: PretrainJobSpec, tokenizer: Tokenizer, directory: Path
+    model: nn.Module, spec: PretrainJobSpec, tokenizer: Tokenizer | None, directory: Path
 ) -> Path:
     """Write `directory` atomically enough for readers: files appear only when written."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -129,7 +129,8 @@ def export_model(
     save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
     config["pretrain_job_spec"] = spec.wire()
     (directory / "config.json").write_text(json.dumps(config, indent=2))
-    tokenizer.save(str(directory / "tokenizer.json"))
+    if tokenizer is not None:
+        tokenizer.save(str(directory / "tokenizer.json"))
     return directory
 
 

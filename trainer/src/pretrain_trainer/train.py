@@ -19,9 +19,10 @@ from torch import nn
 
 from pretrain_operator.api import PretrainJobSpec
 from pretrain_operator.api.common import Decay, OptimizerName, Precision, Training
-from pretrain_trainer.build import build_model, build_objective
+from pretrain_operator.api.pretrain import ObjectiveType
+from pretrain_trainer.build import build_data, build_model, build_objective, needs_tokenizer
+from pretrain_trainer.data.images import caption_texts
 from pretrain_trainer.data.sources import documents
-from pretrain_trainer.data.text import training_samples, validation_samples
 from pretrain_trainer.export import export_model
 from pretrain_trainer.objectives.base import Batch, Objective
 from pretrain_trainer.tokenizer import limited, load_tokenizer, special_ids, train_tokenizer
@@ -111,9 +112,13 @@ def prepare_tokenizer(spec: PretrainJobSpec, output: Path) -> Tokenizer:
         tokenizer = load_tokenizer(path)
     else:
         texts = (
-            text
-            for index, source in enumerate(spec.data.sources)
-            for text in documents(source, f"spec.data.sources[{index}]")
+            caption_texts(spec.data)
+            if spec.objective.type == ObjectiveType.IMAGE_TEXT
+            else (
+                text
+                for index, source in enumerate(spec.data.sources)
+                for text in documents(source, f"spec.data.sources[{index}]")
+            )
         )
         tokenizer = train_tokenizer(
             spec.tokenizer.type, spec.tokenizer.vocab_size,
@@ -164,17 +169,17 @@ def run(
     training = spec.training
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(training.seed)
-    tokenizer = prepare_tokenizer(spec, output)
-    special = special_ids(tokenizer)
-    vocab = tokenizer.get_vocab_size()
+    output.mkdir(parents=True, exist_ok=True)
+    tokenizer = prepare_tokenizer(spec, output) if needs_tokenizer(spec) else None
+    special = special_ids(tokenizer) if tokenizer else None
+    vocab = tokenizer.get_vocab_size() if tokenizer else 0
     model = build_model(spec, vocab).to(device)
     objective = build_objective(spec, special, vocab)
     forward_model: nn.Module = torch.compile(model) if training.compile else model  # type: ignore[assignment]
     optimizer = optimizer_for(model, training)
     steps = total_steps(training, spec.data.sequence_length, max_steps)
-    samples = training_samples(spec.data, tokenizer, training.seed, special.eos)
-    held_out = validation_samples(spec.data, tokenizer, training.seed, special.eos,
-                                  VALIDATION_SEQUENCES)  # fmt: skip
+    pipeline = build_data(spec, tokenizer, special, VALIDATION_SEQUENCES)
+    samples, held_out = pipeline.training, pipeline.validation
     if not held_out:
         raise ValueError("spec.data.validationFraction: no validation sample; raise it or add data")
     evaluate_every = max(1, steps // 5)
@@ -207,11 +212,11 @@ def run(
             clip = training.gradient_clipping or float("inf")
             grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip))
             optimizer.step()
-            tokens += len(batch_samples) * spec.data.sequence_length
+            tokens += len(batch_samples) * pipeline.tokens_per_sample
             elapsed = time.perf_counter() - started
             report = StepReport(
                 step=step, total_steps=steps, loss=float(loss_total), tokens=tokens,
-                tokens_per_second=len(batch_samples) * spec.data.sequence_length / elapsed,
+                tokens_per_second=len(batch_samples) * pipeline.tokens_per_sample / elapsed,
                 learning_rate=rate, grad_norm=grad_norm, world_size=1, seconds=elapsed,
             )  # fmt: skip
             metrics.write(json.dumps(_report_line(report)) + "\n")

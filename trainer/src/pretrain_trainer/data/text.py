@@ -4,7 +4,7 @@ document belongs to the training or the validation split by a hash of its number
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -56,13 +56,15 @@ def training_samples(
 ) -> Mixture[TextSample]:
     """The training mixture of every source, resumable at sample `start`."""
 
-    def epoch(index: int) -> Iterator[TextSample]:
-        texts = split_texts(data, index, seed, validation=False)
-        return packed(texts, tokenizer, data.sequence_length, eos)
+    def epoch(index: int) -> Callable[[], Iterator[TextSample]]:
+        def samples() -> Iterator[TextSample]:
+            texts = split_texts(data, index, seed, validation=False)
+            return packed(texts, tokenizer, data.sequence_length, eos)
+
+        return samples
 
     streams = [
-        shuffled(lambda i=i: epoch(i), seed, f"spec.data.sources[{i}]")  # type: ignore[misc]
-        for i in range(len(data.sources))
+        shuffled(epoch(i), seed, f"spec.data.sources[{i}]") for i in range(len(data.sources))
     ]
     return Mixture(streams, [s.weight for s in data.sources], seed, start)
 
