@@ -55,9 +55,11 @@ def train_tokenizer(kind: TokenizerType, vocab_size: int, texts: Iterable[str]) 
     """Train a tokenizer of `kind` on `texts` (Byte needs no training)."""
     specials = list(SPECIAL_TOKENS)
     if kind == TokenizerType.BYTE:
-        tokenizer = _byte_level(Tokenizer(models.BPE()))
+        # The 256 byte symbols and no merges: every string encodes, one token per byte.
+        symbols = [*specials, *sorted(pre_tokenizers.ByteLevel.alphabet())]
+        vocab = {symbol: index for index, symbol in enumerate(symbols)}
+        tokenizer = _byte_level(Tokenizer(models.BPE(vocab=vocab, merges=[])))
         tokenizer.add_special_tokens(specials)
-        tokenizer.add_tokens(pre_tokenizers.ByteLevel.alphabet())
         return tokenizer
     if kind == TokenizerType.BPE:
         # Byte-level BPE: every string encodes, no [UNK] (the byte-level fallback).

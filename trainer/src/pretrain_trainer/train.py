@@ -207,7 +207,7 @@ def run(
                 with autocast(device, training.precision):
                     loss = objective.combine(objective.loss(forward_model, _to(batch, device)),
                                              counts)  # fmt: skip
-                loss.backward()  # type: ignore[no-untyped-call]
+                loss.backward()
                 loss_total += loss.detach()
             clip = training.gradient_clipping or float("inf")
             grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip))

@@ -1,0 +1,121 @@
+"""Tokenizers trained on the job's data, and the data pipeline: formats, mixing by weight, a
+deterministic and resumable order, a disjoint validation split, clear errors."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from pretrain_operator.api.pretrain import Data, TokenizerType
+from pretrain_trainer.data.mixture import source_choices
+from pretrain_trainer.data.sources import DataError, documents
+from pretrain_trainer.data.text import split_texts, training_samples
+from pretrain_trainer.tokenizer import (
+    SPECIAL_TOKENS,
+    load_tokenizer,
+    special_ids,
+    train_tokenizer,
+)
+
+TEXTS = [
+    f"Document {i}: the operator reconciles job {i} into {i % 7 + 1} pods." for i in range(400)
+]
+
+
+@pytest.mark.parametrize("kind", list(TokenizerType))
+def test_every_tokenizer_kind_trains_and_has_the_special_tokens(kind: TokenizerType) -> None:
+    tokenizer = train_tokenizer(kind, 400, TEXTS)
+    ids = special_ids(tokenizer)
+    assert [ids.pad, ids.unk, ids.cls, ids.sep, ids.mask, ids.eos] == [0, 1, 2, 3, 4, 5]
+    assert tokenizer.token_to_id(SPECIAL_TOKENS[-1]) == len(SPECIAL_TOKENS) - 1
+    encoded = tokenizer.encode("the operator reconciles job 12", add_special_tokens=False)
+    assert ids.unk not in encoded.ids
+    if kind != TokenizerType.BYTE:
+        assert tokenizer.get_vocab_size() <= 400
+
+
+@pytest.mark.parametrize("kind", [TokenizerType.BPE, TokenizerType.BYTE])
+def test_byte_level_tokenizers_encode_anything_and_round_trip(kind: TokenizerType) -> None:
+    tokenizer = train_tokenizer(kind, 400, TEXTS)
+    text = "naïve café, 東京 🚀 — unseen"
+    encoded = tokenizer.encode(text, add_special_tokens=False)
+    assert special_ids(tokenizer).unk not in encoded.ids
+    assert tokenizer.decode(encoded.ids) == text
+
+
+def test_a_saved_tokenizer_loads_back(tmp_path: Path) -> None:
+    tokenizer = train_tokenizer(TokenizerType.WORD_PIECE, 300, TEXTS)
+    tokenizer.save(str(tmp_path / "tokenizer.json"))
+    loaded = load_tokenizer(tmp_path / "tokenizer.json")
+    sentence = "the operator reconciles"
+    assert loaded.encode(sentence).ids == tokenizer.encode(sentence).ids
+
+
+def write_sources(tmp_path: Path) -> Data:
+    (tmp_path / "a.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in TEXTS))
+    (tmp_path / "b.txt").write_text(
+        "\n\n".join(f"plain paragraph {i} about training" for i in range(300))
+    )
+    table = pa.table({"body": [f"parquet row {i} of the corpus" for i in range(300)]})
+    pq.write_table(table, tmp_path / "c.parquet")
+    return Data.model_validate({
+        "sources": [
+            {"uri": f"file://{tmp_path}/a.jsonl", "format": "jsonl", "weight": 3},
+            {"uri": f"file://{tmp_path}/b.txt", "format": "text", "weight": 1},
+            {"uri": f"file://{tmp_path}/c.parquet", "format": "parquet", "field": "body"},
+        ],
+        "sequenceLength": 16,
+        "validationFraction": 0.1,
+    })  # fmt: skip
+
+
+def test_every_format_reads_its_documents(tmp_path: Path) -> None:
+    data = write_sources(tmp_path)
+    counts = [sum(1 for _ in documents(s, f"s{i}")) for i, s in enumerate(data.sources)]
+    assert counts == [400, 300, 300]
+    assert next(documents(data.sources[2], "s2")) == "parquet row 0 of the corpus"
+
+
+def test_sources_mix_by_weight() -> None:
+    picks = Counter(source_choices([3.0, 1.0, 1.0], seed=5, start=0, count=10_000))
+    assert abs(picks[0] / 10_000 - 0.6) < 0.02
+    assert abs(picks[1] / 10_000 - 0.2) < 0.02
+
+
+def test_order_is_deterministic_and_resumes_at_any_sample(tmp_path: Path) -> None:
+    data = write_sources(tmp_path)
+    tokenizer = train_tokenizer(TokenizerType.BPE, 300, TEXTS)
+    _, straight = training_samples(data, tokenizer, 7, 5).take(40)
+    indices, resumed = training_samples(data, tokenizer, 7, 5, start=25).take(15)
+    assert indices == list(range(25, 40))
+    assert all(torch.equal(a.tokens, b.tokens) for a, b in zip(straight[25:], resumed, strict=True))
+    _, other_seed = training_samples(data, tokenizer, 8, 5).take(40)
+    assert not all(
+        torch.equal(a.tokens, b.tokens) for a, b in zip(straight, other_seed, strict=True)
+    )
+
+
+def test_validation_documents_never_appear_in_training(tmp_path: Path) -> None:
+    data = write_sources(tmp_path)
+    train = set(split_texts(data, 0, seed=3, validation=False))
+    held_out = set(split_texts(data, 0, seed=3, validation=True))
+    assert train.isdisjoint(held_out)
+    assert train | held_out == set(TEXTS)
+    assert 0.05 < len(held_out) / len(TEXTS) < 0.15
+
+
+def test_bad_sources_are_named(tmp_path: Path) -> None:
+    data = write_sources(tmp_path)
+    (tmp_path / "broken.jsonl").write_text('{"text": "fine"}\nnot json\n')
+    broken = data.sources[0].model_copy(update={"uri": f"file://{tmp_path}/broken.jsonl"})
+    with pytest.raises(DataError, match=r"spec.data.sources\[0\]: .* line 2 is not JSON"):
+        list(documents(broken, "spec.data.sources[0]"))
+    missing = data.sources[2].model_copy(update={"field": "nope"})
+    with pytest.raises(DataError, match=r"spec.data.sources\[2\].field: no column 'nope'"):
+        list(documents(missing, "spec.data.sources[2]"))
