@@ -184,11 +184,16 @@ def samples_for(family: str) -> list[object]:
     return [ImageSample(torch.rand(3, 32, 32), 0) for _ in range(2)]
 
 
-@pytest.mark.parametrize(("family", "objective"), [
-    ("electra", "ReplacedTokenDetection"), ("t5", "SpanCorruption"), ("vit", "MaskedImage"),
-    ("vit", "Contrastive"), ("clip", "ImageText")])  # fmt: skip
-def test_every_family_trains_through_its_objective(family: str, objective: str) -> None:
-    job = spec(objective, family, imageSize=32, patchSize=8)
+FAMILIES = [("electra", "ReplacedTokenDetection"), ("t5", "SpanCorruption"),
+            ("vit", "MaskedImage"), ("vit", "Contrastive"), ("clip", "ImageText")]  # fmt: skip
+
+
+@pytest.mark.parametrize("size", ["tiny", "mini", "small", "base"])
+@pytest.mark.parametrize(("family", "objective"), FAMILIES)
+def test_every_family_and_preset_trains_through_its_objective(
+    family: str, objective: str, size: str
+) -> None:
+    job = spec(objective, family, size, imageSize=32, patchSize=8)
     model = build_model(job, vocab_size=128)
     loss_function = build_objective(job, SPECIAL, 128)
     batch = loss_function.prepare(samples_for(family), [0, 1])
