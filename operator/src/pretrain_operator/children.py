@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from pretrain_operator import API_GROUP, API_VERSION, naming
+from pretrain_operator import API_GROUP, API_VERSION, launch, naming
 from pretrain_operator.api import FinetuneJobSpec, Kind, PretrainJobSpec
 from pretrain_operator.api.common import AcceleratorType, CheckpointStorage
 
@@ -189,20 +189,14 @@ def processes_per_node(job: Job) -> int:
 
 def torchrun_command(job: Job) -> list[str]:
     """The elastic launch every node pod runs (the same launch `pretrain run --nproc` uses)."""
-    replicas = job.spec.replicas
-    return [
-        "torchrun",
-        f"--nnodes={replicas.min}:{replicas.max}",
-        f"--nproc-per-node={processes_per_node(job)}",
-        "--rdzv-backend=c10d",
-        f"--rdzv-endpoint={naming.rendezvous_name(job.name)}:{naming.RENDEZVOUS_PORT}",
-        f"--rdzv-id={job.uid}",
-        "--max-restarts=3",
-        "-m",
-        "pretrain_trainer",
-        "train",
-        f"--config={naming.CONFIG_MOUNT}/{naming.CONFIG_FILE}",
-    ]
+    return launch.torchrun_command(
+        min_nodes=job.spec.replicas.min,
+        max_nodes=job.spec.replicas.max,
+        processes_per_node=processes_per_node(job),
+        rendezvous_endpoint=f"{naming.rendezvous_name(job.name)}:{naming.RENDEZVOUS_PORT}",
+        rendezvous_id=job.uid,
+        config=f"{naming.CONFIG_MOUNT}/{naming.CONFIG_FILE}",
+    )
 
 
 def _resources(job: Job) -> dict[str, Any]:

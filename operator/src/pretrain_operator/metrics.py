@@ -30,3 +30,9 @@ TIME_TO_RUNNING = Histogram(
     ["kind"],
     buckets=(1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600),
 )
+
+# Series exist from the start (at zero), so dashboards and rate() see them before the first job.
+for _kind in ("PretrainJob", "FinetuneJob"):
+    for _metric in (RECONCILE_SECONDS, RECONCILE_ERRORS, PODS_CREATED, PODS_DELETED, RESTARTS,
+                    RESIZES, TIME_TO_RUNNING):  # fmt: skip
+        _metric.labels(_kind)

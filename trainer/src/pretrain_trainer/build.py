@@ -156,12 +156,17 @@ def needs_tokenizer(spec: PretrainJobSpec) -> bool:
 
 
 def build_data(
-    spec: PretrainJobSpec, tokenizer: Tokenizer | None, special: SpecialIds | None, limit: int
+    spec: PretrainJobSpec,
+    tokenizer: Tokenizer | None,
+    special: SpecialIds | None,
+    limit: int,
+    start: int = 0,
 ) -> DataPipeline:
+    """The training mixture from sample `start` on, and the validation set."""
     data, seed, kind = spec.data, spec.training.seed, spec.objective.type
     if kind in {ObjectiveType.MASKED_IMAGE, ObjectiveType.CONTRASTIVE}:
         vision = vision_config(spec)
-        return DataPipeline(images.image_training_samples(data, seed, vision.image_size),
+        return DataPipeline(images.image_training_samples(data, seed, vision.image_size, start),
                             images.image_validation_samples(data, seed, vision.image_size, limit),
                             vision.patches)  # fmt: skip
     assert tokenizer is not None
@@ -169,9 +174,9 @@ def build_data(
     if kind == ObjectiveType.IMAGE_TEXT:
         vision = vision_config(spec, clip=True)
         args = (data, seed, vision.image_size, tokenizer, special.eos, special.pad)
-        return DataPipeline(images.image_text_training_samples(*args),
+        return DataPipeline(images.image_text_training_samples(*args, start=start),
                             images.image_text_validation_samples(*args, limit),
                             vision.patches + data.sequence_length)  # fmt: skip
-    return DataPipeline(text.training_samples(data, tokenizer, seed, special.eos),
+    return DataPipeline(text.training_samples(data, tokenizer, seed, special.eos, start),
                         text.validation_samples(data, tokenizer, seed, special.eos, limit),
                         data.sequence_length)  # fmt: skip

@@ -1,39 +1,49 @@
-"""`pretrain run -f JOB.yaml`: run a PretrainJob spec on this machine, with a progress bar.
+"""`pretrain run -f JOB.yaml`: run a PretrainJob spec on this machine with a progress bar, in this
+process or as N local workers under torchrun (the launch the node pods use).
+`pretrain train --config FILE`: one worker, as torchrun starts it in a pod.
 
 Exit codes (the operator acts on them): 0 success, 78 bad configuration (a one-line reason that
-names the field; retrying cannot help), 1 anything else (worth retrying).
+names the field; retrying cannot help), 143 stopped by SIGTERM after saving a checkpoint, 1
+anything else (worth retrying).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import signal
+import socket
+import subprocess
 import sys
+import time
+import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import ValidationError
 
+from pretrain_operator import launch
 from pretrain_operator.api import FinetuneJob, PretrainJob
-from pretrain_operator.naming import EXIT_BAD_CONFIGURATION
+from pretrain_trainer.errors import (
+    EXIT_BAD_CONFIGURATION,
+    EXIT_RETRYABLE,
+    EXIT_TERMINATED,
+    ConfigurationError,
+)
 
-EXIT_RETRYABLE = 1
 
-
-class ConfigurationError(ValueError):
-    """The job cannot run as specified; the message names the field."""
-
-
-def _first_error(error: ValidationError, prefix: str = "") -> str:
+def _first_error(error: ValidationError) -> str:
     first = error.errors()[0]
     where = ".".join(str(part) for part in first["loc"])
     message = str(first["msg"]).removeprefix("Value error, ")
-    return f"{prefix}{where}: {message}"
+    return f"{where}: {message}"
 
 
 def load_job(path: Path) -> PretrainJob | FinetuneJob:
-    """Read a manifest (YAML or JSON) and validate it with the API models."""
+    """Read a manifest (YAML) or the operator's job.json, and validate it with the API models."""
     try:
         document = yaml.safe_load(path.read_text())
     except FileNotFoundError:
@@ -42,6 +52,9 @@ def load_job(path: Path) -> PretrainJob | FinetuneJob:
         raise ConfigurationError(f"-f: {path} is not YAML: {error}") from None
     if not isinstance(document, dict):
         raise ConfigurationError(f"-f: {path} holds no object")
+    if "metadata" not in document and "name" in document:  # the ConfigMap's job.json
+        metadata = {"name": document["name"], "namespace": document.get("namespace", "")}
+        document = {**document, "metadata": metadata}
     kind = document.get("kind")
     model: Any = {"PretrainJob": PretrainJob, "FinetuneJob": FinetuneJob}.get(str(kind))
     if model is None:
@@ -52,38 +65,171 @@ def load_job(path: Path) -> PretrainJob | FinetuneJob:
         raise ConfigurationError(_first_error(error)) from None
 
 
-def _progress_run(job: PretrainJob, output: Path, max_steps: int | None, quiet: bool) -> None:
+def pretrain_job(path: Path) -> PretrainJob:
+    job = load_job(path)
+    if isinstance(job, FinetuneJob):
+        raise ConfigurationError("kind: FinetuneJob runs arrive with the fine-tuning issue")
+    return job
+
+
+def _exit_code(action: Callable[[], None]) -> int:
+    from pretrain_trainer.data.sources import DataError
+    from pretrain_trainer.train import StopRequestedError
+
+    try:
+        action()
+    except (ConfigurationError, DataError, FileNotFoundError) as error:
+        print(f"pretrain: {error}", file=sys.stderr)
+        return EXIT_BAD_CONFIGURATION
+    except StopRequestedError as error:
+        print(f"pretrain: {error}", file=sys.stderr)
+        return EXIT_TERMINATED
+    except KeyboardInterrupt:
+        return 130
+    except Exception as error:  # a failure worth retrying (I/O, a lost peer, out of memory, ...)
+        print(f"pretrain: {type(error).__name__}: {error}", file=sys.stderr)
+        return EXIT_RETRYABLE
+    return 0
+
+
+# ---- one worker -------------------------------------------------------------------------------
+
+
+def train_worker(config: Path, output: Path | None, metrics_port: int | None) -> None:
+    from pretrain_trainer import distributed, metrics
+    from pretrain_trainer.train import run
+
+    job = pretrain_job(config)
+    stop = {"requested": False}
+    signal.signal(signal.SIGTERM, lambda *_: stop.update(requested=True))
+    runtime = distributed.start(job.spec)
+    try:
+        checkpoint_dir = os.environ.get("PRETRAIN_CHECKPOINT_DIR")
+        # In a pod, everything lives in the job's checkpoint directory (a shared volume).
+        root = output or (Path(checkpoint_dir) if checkpoint_dir else Path("runs/latest"))
+        checkpoints = (
+            Path(checkpoint_dir) if checkpoint_dir and not output else root / "checkpoints"
+        )
+        served = None
+        if runtime.local_rank == 0 and metrics_port is not None:
+            name = str(job.metadata.get("name", "job"))
+            served = metrics.create(str(job.metadata.get("namespace", "")), name, job.kind)
+            metrics.serve(served, metrics_port)
+        run(job.spec, root, runtime=runtime, checkpoints=checkpoints, metrics=served,
+            stop_requested=lambda: stop["requested"])  # fmt: skip
+    finally:
+        distributed.stop()
+
+
+# ---- pretrain run -----------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _progress(
+    job: PretrainJob, quiet: bool
+) -> tuple[Any, Callable[[int, int, float, float], None]]:
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from pretrain_trainer.train import StepReport, run
-
     console = Console(stderr=True, quiet=quiet)
-    columns = (
+    progress = Progress(
         TextColumn("[bold]{task.description}"), BarColumn(),
         TextColumn("step {task.completed}/{task.total}"),
         TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[speed]} tok/s"),
-        TimeRemainingColumn(),
+        TimeRemainingColumn(), console=console,
     )  # fmt: skip
-    with Progress(*columns, console=console, transient=False) as progress:
-        task = progress.add_task(job.metadata.get("name", "job"), total=None, loss="-", speed="-")
+    task = progress.add_task(str(job.metadata.get("name", "job")), total=None, loss="-", speed="-")
 
-        def on_step(report: StepReport) -> None:
-            progress.update(
-                task, completed=report.step, total=report.total_steps,
-                loss=f"{report.loss:.3f}", speed=f"{report.tokens_per_second:,.0f}",
-            )  # fmt: skip
+    def update(step: int, total: int, loss: float, speed: float) -> None:
+        progress.update(task, completed=step, total=total, loss=f"{loss:.3f}",
+                        speed=f"{speed:,.0f}")  # fmt: skip
 
-        summary = run(job.spec, output, max_steps, on_step)
-    console.print(
-        f"validation loss {summary.first_validation_loss:.3f} -> "
-        f"{summary.last_validation_loss:.3f} after {summary.steps} steps; "
-        f"model in {summary.model_dir}"
-    )
+    return progress, update
+
+
+def run_local(job: PretrainJob, file: Path, output: Path, max_steps: int | None, nproc: int,
+              quiet: bool) -> None:  # fmt: skip
+    from pretrain_trainer.train import StepReport, run
+
+    output.mkdir(parents=True, exist_ok=True)
+    spec = job.spec
+    if max_steps is not None:
+        spec = spec.model_copy(update={"training": spec.training.model_copy(
+            update={"max_steps": max_steps, "max_tokens": None})})  # fmt: skip
+    progress, update = _progress(job, quiet)
+    with progress:
+        if nproc == 1:
+
+            def on_step(report: StepReport) -> None:
+                update(report.step, report.total_steps, report.loss, report.tokens_per_second)
+
+            summary = run(spec, output, on_step=on_step)
+            first, last = summary.first_validation_loss, summary.last_validation_loss
+        else:
+            first, last = _run_workers(job, spec, output, nproc, update)
+    if not quiet:
+        print(f"validation loss {first:.3f} -> {last:.3f}; model in {output / 'model'}",
+              file=sys.stderr)  # fmt: skip
+
+
+Update = Callable[[int, int, float, float], None]
+
+
+def _run_workers(
+    job: PretrainJob, spec: Any, output: Path, nproc: int, update: Update
+) -> tuple[float, float]:
+    """N workers under torchrun; progress follows the metrics.jsonl rank 0 writes."""
+    config = output / "job.json"
+    document = {"kind": "PretrainJob", "name": job.metadata.get("name", "job"),
+                "spec": spec.wire()}  # fmt: skip
+    config.write_text(json.dumps(document))
+    command = launch.torchrun_command(
+        min_nodes=1, max_nodes=1, processes_per_node=nproc,
+        rendezvous_endpoint=f"127.0.0.1:{_free_port()}", rendezvous_id=uuid.uuid4().hex,
+        config=str(config), output=str(output),
+    )  # fmt: skip
+    command[0:1] = [sys.executable, "-m", "torch.distributed.run"]  # torchrun of this Python
+    metrics_path = output / "metrics.jsonl"
+    with subprocess.Popen(command, stderr=subprocess.PIPE, text=True) as workers:
+        seen = 0
+        while workers.poll() is None:
+            time.sleep(0.5)
+            seen = _follow(metrics_path, seen, spec, update)
+        _follow(metrics_path, seen, spec, update)
+        errors = workers.stderr.read() if workers.stderr else ""
+    if workers.returncode == EXIT_BAD_CONFIGURATION or "pretrain: spec." in errors:
+        reason = next((line for line in errors.splitlines() if line.startswith("pretrain: ")), "")
+        raise ConfigurationError(reason.removeprefix("pretrain: ") or "bad configuration")
+    if workers.returncode:
+        raise RuntimeError(f"workers exited with {workers.returncode}: {errors.strip()[-2000:]}")
+    lines = metrics_path.read_text().splitlines()
+    evaluations = [json.loads(line)["eval"]["loss"] for line in lines if '"eval"' in line]
+    return evaluations[0], evaluations[-1]
+
+
+def _follow(
+    path: Path, seen: int, spec: Any, update: Callable[[int, int, float, float], None]
+) -> int:
+    if not path.exists():
+        return seen
+    lines = path.read_text().splitlines()
+    for line in lines[seen:]:
+        record = json.loads(line)
+        if "loss" in record:
+            total = spec.training.max_steps or record["step"]
+            update(record["step"], total, record["loss"], record["tokens_per_second"])
+    return len(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="pretrain", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="pretrain", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     run_parser = commands.add_parser("run", help="run a job spec on this machine")
     run_parser.add_argument("-f", "--file", type=Path, required=True, help="PretrainJob YAML")
@@ -93,27 +239,28 @@ def main(argv: list[str] | None = None) -> int:
     run_parser.add_argument("--pvc-root", type=Path,
                             help="directory holding pvc://CLAIM/... as CLAIM/...")  # fmt: skip
     run_parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    train_parser = commands.add_parser("train", help="one worker (torchrun starts it)")
+    train_parser.add_argument("--config", type=Path, required=True, help="job.json or YAML")
+    train_parser.add_argument("--output", type=Path, help="run dir (pods: the checkpoint dir)")
+    train_parser.add_argument("--metrics-port", type=int,
+                              default=int(os.environ["PRETRAIN_METRICS_PORT"])
+                              if os.environ.get("PRETRAIN_METRICS_PORT") else None,
+                              help="serve Prometheus metrics here (local rank 0)")  # fmt: skip
     args = parser.parse_args(argv)
+    if args.command == "train":
+        return _exit_code(lambda: train_worker(args.config, args.output, args.metrics_port))
     if args.pvc_root:
         os.environ["PRETRAIN_PVC_ROOT"] = str(args.pvc_root.resolve())
-    try:
-        job = load_job(args.file)
-        if isinstance(job, FinetuneJob):
-            raise ConfigurationError("kind: FinetuneJob runs arrive with the fine-tuning issue")
-        if args.nproc != 1:
-            raise ConfigurationError("--nproc: several local workers arrive with the elastic issue")
+
+    def local() -> None:
+        if args.nproc < 1:
+            raise ConfigurationError("--nproc: must be at least 1")
         if args.max_steps is not None and args.max_steps < 1:
             raise ConfigurationError("--max-steps: must be at least 1")
-        _progress_run(job, args.output, args.max_steps, args.quiet)
-    except (ConfigurationError, FileNotFoundError, ValueError) as error:
-        print(f"pretrain: {error}", file=sys.stderr)
-        return EXIT_BAD_CONFIGURATION
-    except KeyboardInterrupt:
-        return 130
-    except Exception as error:  # a failure worth retrying (I/O, out of memory, ...)
-        print(f"pretrain: {type(error).__name__}: {error}", file=sys.stderr)
-        return EXIT_RETRYABLE
-    return 0
+        job = pretrain_job(args.file)
+        run_local(job, args.file, args.output, args.max_steps, args.nproc, args.quiet)
+
+    return _exit_code(local)
 
 
 if __name__ == "__main__":

@@ -18,18 +18,30 @@ from tokenizers import Tokenizer
 from torch import nn
 
 from pretrain_operator.api import PretrainJobSpec
-from pretrain_operator.api.common import Decay, OptimizerName, Precision, Training
+from pretrain_operator.api.common import Decay, OptimizerName, Precision, Strategy, Training
 from pretrain_operator.api.pretrain import ObjectiveType
-from pretrain_trainer.build import build_data, build_model, build_objective, needs_tokenizer
+from pretrain_trainer.build import (
+    build_data,
+    build_model,
+    build_objective,
+    model_shape,
+    needs_tokenizer,
+)
+from pretrain_trainer.checkpoint import latest, restore, save
 from pretrain_trainer.data.images import caption_texts
 from pretrain_trainer.data.sources import documents
+from pretrain_trainer.distributed import Runtime, all_sum, share
+from pretrain_trainer.errors import ConfigurationError
 from pretrain_trainer.export import export_model
+from pretrain_trainer.metrics import TrainerMetrics, flops_per_token, peak_flops
+from pretrain_trainer.models.core import Block, count_parameters
 from pretrain_trainer.objectives.base import Batch, Objective
 from pretrain_trainer.tokenizer import limited, load_tokenizer, special_ids, train_tokenizer
 
 VALIDATION_SEQUENCES = 32  # per source
 TOKENIZER_TRAINING_CHARACTERS = 20_000_000
 EVALUATION_INDEX_OFFSET = 1 << 40  # validation samples draw masks from indices no training uses
+TOKENIZER_FILE = "tokenizer.json"
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,8 +113,22 @@ def autocast(device: torch.device, precision: Precision) -> contextlib.AbstractC
     return torch.autocast(device.type, dtype=dtype)
 
 
-def prepare_tokenizer(spec: PretrainJobSpec, output: Path) -> Tokenizer:
-    """Load tokenizer.uri, or train one on the training sources; save it beside the run."""
+def prepare_tokenizer(
+    spec: PretrainJobSpec, output: Path, runtime: Runtime, checkpoint: Path | None = None
+) -> Tokenizer:
+    """The checkpoint's tokenizer when resuming, else tokenizer.uri, else one trained on the
+    training sources by rank 0 and broadcast (ranks on other nodes may share no volume)."""
+
+    if checkpoint is not None and (checkpoint / TOKENIZER_FILE).is_file():
+        return load_tokenizer(checkpoint / TOKENIZER_FILE)
+    if runtime.distributed:
+        text = [_make_tokenizer(spec, output).to_str() if runtime.main else ""]
+        torch.distributed.broadcast_object_list(text, src=0)
+        return Tokenizer.from_str(text[0])
+    return _make_tokenizer(spec, output)
+
+
+def _make_tokenizer(spec: PretrainJobSpec, output: Path) -> Tokenizer:
     from pretrain_trainer.data.sources import resolve
 
     if spec.tokenizer.uri:
@@ -126,7 +152,7 @@ def prepare_tokenizer(spec: PretrainJobSpec, output: Path) -> Tokenizer:
         )  # fmt: skip
     special_ids(tokenizer)  # refuses a tokenizer without our special tokens
     output.mkdir(parents=True, exist_ok=True)
-    tokenizer.save(str(output / "tokenizer.json"))
+    tokenizer.save(str(output / TOKENIZER_FILE))
     return tokenizer
 
 
@@ -158,76 +184,202 @@ def evaluate(
     return float(objective.combine(sums, objective.counts(batches)))
 
 
+class StopRequestedError(Exception):
+    """SIGTERM arrived (eviction, preemption): a checkpoint was saved, the process should exit."""
+
+
+def _parallel(model: nn.Module, spec: PretrainJobSpec, runtime: Runtime) -> nn.Module:
+    if not runtime.distributed:
+        return model
+    if spec.training.strategy == Strategy.FSDP:
+        from torch.distributed.fsdp import fully_shard
+
+        for module in model.modules():
+            if isinstance(module, Block):
+                fully_shard(module)
+        fully_shard(model)
+        return model
+    ids = [runtime.local_rank] if runtime.device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+
+def _resume_metrics(path: Path, step: int) -> None:
+    """Keep the lines of steps up to the checkpoint: the steps after it will be trained again."""
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text().splitlines()
+            if line and json.loads(line)["step"] <= step]  # fmt: skip
+    path.write_text("".join(line + "\n" for line in kept))
+
+
 def run(
     spec: PretrainJobSpec,
     output: Path,
     max_steps: int | None = None,
     on_step: Callable[[StepReport], None] | None = None,
-    device: torch.device | None = None,
+    runtime: Runtime | None = None,
+    checkpoints: Path | None = None,
+    metrics: TrainerMetrics | None = None,
+    stop_requested: Callable[[], bool] = lambda: False,
 ) -> RunSummary:
-    """Train `spec` in this process; write metrics.jsonl and model/ under `output`."""
+    """Train `spec` as this rank of the process group; resume from the newest valid checkpoint
+    under `checkpoints` (default output/checkpoints); rank 0 writes metrics.jsonl and model/."""
     training = spec.training
-    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    torch.manual_seed(training.seed)
+    runtime = runtime or Runtime(
+        device=torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    )
+    device = runtime.device
+    checkpoints = checkpoints or output / "checkpoints"
+    if training.global_batch_size < runtime.world_size:
+        raise ConfigurationError(f"spec.training.globalBatchSize: {training.global_batch_size} "
+                                 f"samples cannot feed {runtime.world_size} processes")  # fmt: skip
+    torch.manual_seed(training.seed)  # the same initial weights on every rank
     output.mkdir(parents=True, exist_ok=True)
-    tokenizer = prepare_tokenizer(spec, output) if needs_tokenizer(spec) else None
+    found = latest(checkpoints)
+    tokenizer = (prepare_tokenizer(spec, output, runtime, found[0] if found else None)
+                 if needs_tokenizer(spec) else None)  # fmt: skip
     special = special_ids(tokenizer) if tokenizer else None
     vocab = tokenizer.get_vocab_size() if tokenizer else 0
     model = build_model(spec, vocab).to(device)
     objective = build_objective(spec, special, vocab)
-    forward_model: nn.Module = torch.compile(model) if training.compile else model  # type: ignore[assignment]
     optimizer = optimizer_for(model, training)
+    restored = restore(found, model, optimizer) if found else None
+    start = restored.step if restored else 0
+    parallel = _parallel(model, spec, runtime)
+    ddp = parallel if isinstance(parallel, nn.parallel.DistributedDataParallel) else None
+    forward_model: nn.Module = torch.compile(parallel) if training.compile else parallel  # type: ignore[assignment]
     steps = total_steps(training, spec.data.sequence_length, max_steps)
     pipeline = build_data(spec, tokenizer, special, VALIDATION_SEQUENCES)
+    if restored:  # skip what the checkpointed steps consumed
+        pipeline = build_data(spec, tokenizer, special, VALIDATION_SEQUENCES,
+                              start=restored.data_position)  # fmt: skip
     samples, held_out = pipeline.training, pipeline.validation
     if not held_out:
-        raise ValueError("spec.data.validationFraction: no validation sample; raise it or add data")
+        raise ConfigurationError(
+            "spec.data.validationFraction: no validation sample; raise it or add data"
+        )
     evaluate_every = max(1, steps // 5)
     micro = min(training.micro_batch_size, training.global_batch_size)
-    first_eval = evaluate(model, objective, held_out, micro, device, training.precision)
+    evaluation_model = model
+    first_eval = evaluate(evaluation_model, objective, held_out, micro, device, training.precision)
     last_eval = first_eval
-    tokens = 0
+    global_batch = training.global_batch_size
+    tokens = start * global_batch * pipeline.tokens_per_sample
     metrics_path = output / "metrics.jsonl"
-    with metrics_path.open("w") as metrics:
-        metrics.write(json.dumps({"step": 0, "eval": {"loss": first_eval}}) + "\n")
-        for step in range(1, steps + 1):
+    if restored and runtime.main:
+        _resume_metrics(metrics_path, start)
+    if metrics is not None:
+        metrics.world_size.labels(**metrics.labels).set(runtime.world_size)
+        metrics.step.labels(**metrics.labels).set(start)
+    sink = metrics_path.open("a") if runtime.main else None
+    try:
+        if sink and not restored:
+            sink.write(json.dumps({"step": 0, "eval": {"loss": first_eval}}) + "\n")
+        for step in range(start + 1, steps + 1):
             started = time.perf_counter()
-            indices, batch_samples = samples.take(training.global_batch_size)
-            batches = [objective.prepare(batch_samples[k : k + micro], indices[k : k + micro])
-                       for k in range(0, len(batch_samples), micro)]  # fmt: skip
-            # Normalise by the targets of the whole step, not per micro-batch: the loss is the
-            # same however the step is split (across micro-batches now, across ranks later).
-            counts = objective.counts(batches)
+            indices, step_samples = samples.take(global_batch)
+            mine = share(global_batch, runtime)
+            local_samples = [step_samples[i] for i in mine]
+            local_indices = [indices[i] for i in mine]
+            batches = [objective.prepare(local_samples[k : k + micro], local_indices[k : k + micro])
+                       for k in range(0, len(local_samples), micro)]  # fmt: skip
+            waited = time.perf_counter() - started
+            # Each loss term is divided by its target count over the whole step (all
+            # micro-batches of all ranks), so the loss does not depend on how the step is split.
+            local_counts = objective.counts(batches)
+            keys = sorted(local_counts)
+            counts = dict(zip(keys, all_sum([local_counts[k] for k in keys], runtime), strict=True))
             rate = learning_rate(training, step - 1, steps)
             for group in optimizer.param_groups:
                 group["lr"] = rate
             optimizer.zero_grad(set_to_none=True)
             loss_total = torch.zeros((), device=device)
-            for batch in batches:
-                with autocast(device, training.precision):
-                    loss = objective.combine(objective.loss(forward_model, _to(batch, device)),
-                                             counts)  # fmt: skip
-                loss.backward()
+            for number, batch in enumerate(batches):
+                # DDP averages gradients over ranks; scaling by the world size turns the
+                # average back into the sum the global normalisation needs.
+                accumulating = ddp is not None and number < len(batches) - 1
+                gradients = ddp.no_sync() if ddp and accumulating else contextlib.nullcontext()
+                with gradients, autocast(device, training.precision):
+                    loss = objective.combine(
+                        objective.loss(forward_model, _to(batch, device)), counts
+                    )
+                    (loss * runtime.world_size).backward()
                 loss_total += loss.detach()
             clip = training.gradient_clipping or float("inf")
             grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip))
             optimizer.step()
-            tokens += len(batch_samples) * pipeline.tokens_per_sample
+            step_loss = all_sum([float(loss_total)], runtime)[0]
+            tokens += global_batch * pipeline.tokens_per_sample
             elapsed = time.perf_counter() - started
             report = StepReport(
-                step=step, total_steps=steps, loss=float(loss_total), tokens=tokens,
-                tokens_per_second=len(batch_samples) * pipeline.tokens_per_sample / elapsed,
-                learning_rate=rate, grad_norm=grad_norm, world_size=1, seconds=elapsed,
+                step=step, total_steps=steps, loss=step_loss, tokens=tokens,
+                tokens_per_second=global_batch * pipeline.tokens_per_sample / elapsed,
+                learning_rate=rate, grad_norm=grad_norm, world_size=runtime.world_size,
+                seconds=elapsed,
             )  # fmt: skip
-            metrics.write(json.dumps(_report_line(report)) + "\n")
+            evaluated = None
             if step % evaluate_every == 0 or step == steps:
-                last_eval = evaluate(model, objective, held_out, micro, device, training.precision)
-                metrics.write(json.dumps({"step": step, "eval": {"loss": last_eval}}) + "\n")
-            metrics.flush()
-            if on_step:
+                evaluated = last_eval = evaluate(evaluation_model, objective, held_out, micro,
+                                                 device, training.precision)  # fmt: skip
+            if metrics is not None:
+                _record(metrics, report, waited, model, spec, pipeline.tokens_per_sample, device)
+            if sink:
+                sink.write(json.dumps(_report_line(report)) + "\n")
+                if evaluated is not None:
+                    sink.write(json.dumps({"step": step, "eval": {"loss": evaluated}}) + "\n")
+                sink.flush()
+            if on_step and runtime.main:
                 on_step(report)
-    model_dir = export_model(model, spec, tokenizer, output / "model")
+            stopping = stop_requested()
+            if step % spec.checkpoint.every_steps == 0 or step == steps or stopping:
+                saved_at = time.perf_counter()
+                extra = {TOKENIZER_FILE: tokenizer.to_str()} if tokenizer else None
+                save(checkpoints, step, samples.position, model, optimizer, runtime,
+                     spec.checkpoint.keep, extra)  # fmt: skip
+                if metrics is not None:
+                    metrics.checkpoint_seconds.labels(**metrics.labels).observe(
+                        time.perf_counter() - saved_at)  # fmt: skip
+                    metrics.checkpoint_step.labels(**metrics.labels).set(step)
+            if stopping:
+                raise StopRequestedError(f"stopped at step {step} on SIGTERM; checkpoint saved")
+    finally:
+        if sink:
+            sink.close()
+    model_dir = output / "model"
+    if runtime.main:
+        export_model(model, spec, tokenizer, model_dir)
     return RunSummary(steps, first_eval, last_eval, tokens, model_dir)
+
+
+def _record(
+    metrics: TrainerMetrics,
+    report: StepReport,
+    waited: float,
+    model: nn.Module,
+    spec: PretrainJobSpec,
+    tokens_per_sample: int,
+    device: torch.device,
+) -> None:
+    labels = metrics.labels
+    metrics.loss.labels(**labels).set(report.loss)
+    metrics.step.labels(**labels).set(report.step)
+    metrics.tokens.labels(**labels).inc(spec.training.global_batch_size * tokens_per_sample)
+    metrics.samples.labels(**labels).inc(spec.training.global_batch_size)
+    metrics.tokens_per_second.labels(**labels).set(report.tokens_per_second)
+    metrics.learning_rate.labels(**labels).set(report.learning_rate)
+    metrics.grad_norm.labels(**labels).set(report.grad_norm)
+    metrics.step_seconds.labels(**labels).observe(report.seconds)
+    metrics.dataloader_wait.labels(**labels).inc(waited)
+    metrics.world_size.labels(**labels).set(report.world_size)
+    if device.type == "cuda":
+        metrics.memory.labels(**labels).set(torch.cuda.max_memory_allocated(device))
+    peak = peak_flops(device)
+    if peak:
+        size = model_shape(spec)
+        flops = flops_per_token(count_parameters(model), size.layers, size.hidden_size,
+                                spec.data.sequence_length)  # fmt: skip
+        per_device = report.tokens_per_second / report.world_size
+        metrics.mfu.labels(**labels).set(flops * per_device / peak)
 
 
 def _report_line(report: StepReport) -> dict[str, Any]:

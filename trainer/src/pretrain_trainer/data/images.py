@@ -94,13 +94,15 @@ def _captioned(
         yield ImageTextSample(load_image(url, size), tokens, len(ids))
 
 
-def image_training_samples(data: Data, seed: int, size: int) -> Mixture[ImageSample]:
+def image_training_samples(
+    data: Data, seed: int, size: int, start: int = 0
+) -> Mixture[ImageSample]:
     def epoch(index: int) -> Callable[[], Iterator[ImageSample]]:
         return lambda: _images(data, index, seed, False, size)
 
     fields = [f"spec.data.sources[{i}]" for i in range(len(data.sources))]
     streams = [shuffled(epoch(i), seed, field) for i, field in enumerate(fields)]
-    return Mixture(streams, [s.weight for s in data.sources], seed)
+    return Mixture(streams, [s.weight for s in data.sources], seed, start)
 
 
 def image_validation_samples(data: Data, seed: int, size: int, limit: int) -> list[ImageSample]:
@@ -112,14 +114,14 @@ def image_validation_samples(data: Data, seed: int, size: int, limit: int) -> li
 
 
 def image_text_training_samples(
-    data: Data, seed: int, size: int, tokenizer: Tokenizer, eos: int, pad: int
+    data: Data, seed: int, size: int, tokenizer: Tokenizer, eos: int, pad: int, start: int = 0
 ) -> Mixture[ImageTextSample]:
     def epoch(index: int) -> Callable[[], Iterator[ImageTextSample]]:
         return lambda: _captioned(data, index, seed, False, size, tokenizer, eos, pad)
 
     fields = [f"spec.data.sources[{i}]" for i in range(len(data.sources))]
     streams = [shuffled(epoch(i), seed, field) for i, field in enumerate(fields)]
-    return Mixture(streams, [s.weight for s in data.sources], seed)
+    return Mixture(streams, [s.weight for s in data.sources], seed, start)
 
 
 def image_text_validation_samples(
