@@ -188,19 +188,33 @@ class StopRequestedError(Exception):
     """SIGTERM arrived (eviction, preemption): a checkpoint was saved, the process should exit."""
 
 
-def _parallel(model: nn.Module, spec: PretrainJobSpec, runtime: Runtime) -> nn.Module:
+class LossModule(nn.Module):
+    """The model and its objective as one module whose forward is the loss: DDP and FSDP see
+    every use of the parameters (heads called by the objective included) inside a forward."""
+
+    def __init__(self, model: nn.Module, objective: Objective) -> None:
+        super().__init__()
+        self.model = model
+        self.objective = objective
+
+    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
+        return self.objective.loss(self.model, batch)
+
+
+def _parallel(loss: LossModule, spec: PretrainJobSpec, runtime: Runtime) -> nn.Module:
     if not runtime.distributed:
-        return model
+        return loss
     if spec.training.strategy == Strategy.FSDP:
         from torch.distributed.fsdp import fully_shard
 
-        for module in model.modules():
+        for module in loss.modules():
             if isinstance(module, Block):
                 fully_shard(module)
-        fully_shard(model)
-        return model
+        fully_shard(loss)
+        return loss
     ids = [runtime.local_rank] if runtime.device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    # Some parameters sit out some objectives (BERT's pooler under MaskedLM): let DDP know.
+    return nn.parallel.DistributedDataParallel(loss, device_ids=ids, find_unused_parameters=True)
 
 
 def _resume_metrics(path: Path, step: int) -> None:
@@ -245,7 +259,7 @@ def run(
     optimizer = optimizer_for(model, training)
     restored = restore(found, model, optimizer) if found else None
     start = restored.step if restored else 0
-    parallel = _parallel(model, spec, runtime)
+    parallel = _parallel(LossModule(model, objective), spec, runtime)
     ddp = parallel if isinstance(parallel, nn.parallel.DistributedDataParallel) else None
     forward_model: nn.Module = torch.compile(parallel) if training.compile else parallel  # type: ignore[assignment]
     steps = total_steps(training, spec.data.sequence_length, max_steps)
@@ -300,9 +314,7 @@ def run(
                 accumulating = ddp is not None and number < len(batches) - 1
                 gradients = ddp.no_sync() if ddp and accumulating else contextlib.nullcontext()
                 with gradients, autocast(device, training.precision):
-                    loss = objective.combine(
-                        objective.loss(forward_model, _to(batch, device)), counts
-                    )
+                    loss = objective.combine(forward_model(_to(batch, device)), counts)
                     (loss * runtime.world_size).backward()
                 loss_total += loss.detach()
             clip = training.gradient_clipping or float("inf")
@@ -323,6 +335,8 @@ def run(
                                                  device, training.precision)  # fmt: skip
             if metrics is not None:
                 _record(metrics, report, waited, model, spec, pipeline.tokens_per_sample, device)
+                if evaluated is not None:
+                    metrics.eval_metric.labels(**metrics.labels, name="loss").set(evaluated)
             if sink:
                 sink.write(json.dumps(_report_line(report)) + "\n")
                 if evaluated is not None:
