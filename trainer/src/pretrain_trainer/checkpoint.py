@@ -21,6 +21,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 from torch.distributed.checkpoint.state_dict_loader import load as load_shards
 from torch.distributed.checkpoint.state_dict_saver import save as save_shards
@@ -142,8 +143,11 @@ def restore(
     """Load a checkpoint into `model` and `optimizer`, resharding to the current world size."""
     directory, manifest = found
     model_state, optimizer_state = get_state_dict(model, optimizer)
-    load_shards({"model": model_state, "optimizer": optimizer_state},
-                checkpoint_id=str(directory))  # fmt: skip
+    load_shards({"model": model_state}, checkpoint_id=str(directory))  # every weight, strictly
+    # Parameters an objective never uses (BERT's pooler under MaskedLM) have no optimizer
+    # state in the checkpoint; they keep the fresh state they have.
+    load_shards({"optimizer": optimizer_state}, checkpoint_id=str(directory),
+                planner=DefaultLoadPlanner(allow_partial_load=True))  # fmt: skip
     set_state_dict(model, optimizer, model_state_dict=model_state,
                    optim_state_dict=optimizer_state)  # fmt: skip
     return Restored(int(manifest["step"]), int(manifest["data_position"]), directory)

@@ -1,0 +1,195 @@
+"""Real worker processes under torchrun (gloo on CPU): the loss does not depend on the world size,
+checkpoints reshard from 3 workers to 2 and 1, a partial checkpoint is never used, and the
+metrics endpoint says what metrics.jsonl says."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from pretrain_operator.api import PretrainJobSpec
+from pretrain_trainer import metrics as trainer_metrics
+from pretrain_trainer.checkpoint import latest, save
+from pretrain_trainer.corpus import build_text_corpus
+from pretrain_trainer.distributed import Runtime
+from pretrain_trainer.models.gpt import GPT, GPTConfig
+from pretrain_trainer.train import run
+
+# A Byte tokenizer: Hugging Face's trainers break ties differently in every process, so a
+# trained vocabulary would differ between two runs of the same job (see README).
+JOB: dict[str, Any] = {
+    "apiVersion": "pretrain.dev/v1alpha1",
+    "kind": "PretrainJob",
+    "metadata": {"name": "invariance"},
+    "spec": {
+        "objective": {"type": "MaskedLM"},
+        "model": {"family": "bert", "size": "tiny"},
+        "tokenizer": {"type": "Byte"},
+        "data": {"sources": [{"uri": "pvc://corpus/python-docs.jsonl"}], "sequenceLength": 32,
+                 "validationFraction": 0.05},
+        "training": {"globalBatchSize": 12, "microBatchSize": 2, "maxSteps": 30,
+                     "precision": "fp32", "optimizer": {"learningRate": 1.0e-3}},
+        "checkpoint": {"everySteps": 1000},
+    },
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def pvc_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("pvc")
+    build_text_corpus(root / "corpus")
+    return root
+
+
+def job_file(directory: Path, **training: Any) -> Path:
+    manifest = json.loads(json.dumps(JOB))
+    manifest["spec"]["training"].update(training.pop("training", {}))
+    manifest["spec"].update(training)
+    path = directory / "job.yaml"
+    path.write_text(yaml.safe_dump(manifest))
+    return path
+
+
+def pretrain(*args: str | Path | int, pvc_root: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "pretrain_trainer", "run", *map(str, args), "--quiet",
+         "--pvc-root", str(pvc_root)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+
+
+def finished(process: subprocess.Popen[str]) -> None:
+    _, errors = process.communicate(timeout=600)
+    assert process.returncode == 0, errors
+
+
+def step_losses(output: Path) -> dict[int, float]:
+    lines = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
+    reports = [line for line in lines if "loss" in line]
+    steps = [line["step"] for line in reports]
+    assert len(steps) == len(set(steps)), "a step was reported twice"
+    return {line["step"]: line["loss"] for line in reports}
+
+
+def largest_relative_difference(a: dict[int, float], b: dict[int, float]) -> float:
+    assert a.keys() == b.keys()
+    return max(abs(a[s] - b[s]) / abs(a[s]) for s in a)
+
+
+def test_the_loss_does_not_depend_on_the_number_of_workers(pvc_root: Path, tmp_path: Path) -> None:
+    curves = {}
+    for workers in (1, 2, 3):
+        output = tmp_path / f"workers-{workers}"
+        finished(pretrain("-f", job_file(tmp_path), "--output", output, "--nproc", workers,
+                          pvc_root=pvc_root))  # fmt: skip
+        curves[workers] = step_losses(output)
+    for workers in (2, 3):
+        difference = largest_relative_difference(curves[1], curves[workers])
+        print(f"1 vs {workers} workers, 30 steps: largest relative difference {difference:.2e}")
+        assert difference < 1e-4
+
+
+@pytest.mark.parametrize("resume_with", [2, 1])
+def test_a_checkpoint_of_3_workers_resumes_with_fewer(
+    pvc_root: Path, tmp_path: Path, resume_with: int
+) -> None:
+    job = job_file(tmp_path, training={"maxSteps": 12}, checkpoint={"everySteps": 4})
+    reference = tmp_path / "reference"
+    finished(pretrain("-f", job, "--output", reference, pvc_root=pvc_root))
+
+    output = tmp_path / "interrupted"
+    three = pretrain("-f", job, "--output", output, "--nproc", 3, pvc_root=pvc_root)
+    deadline = time.monotonic() + 300
+    while not (output / "checkpoints" / "step-000000004").exists():
+        assert three.poll() is None, three.communicate()[1]
+        assert time.monotonic() < deadline, "no checkpoint at step 4"
+        time.sleep(0.2)
+    os.killpg(three.pid, signal.SIGKILL)  # every worker at once, mid-run: a lost node pool
+    three.wait()
+
+    finished(pretrain("-f", job, "--output", output, "--nproc", resume_with, pvc_root=pvc_root))
+    resumed = step_losses(output)
+    assert sorted(resumed) == list(range(1, 13))  # each step once, none lost, none twice
+    assert largest_relative_difference(step_losses(reference), resumed) < 1e-4
+    last = json.loads((output / "metrics.jsonl").read_text().splitlines()[-2])
+    assert last["tokens"] == 12 * 12 * 32  # tokens counted once per step
+
+
+def tiny_gpt() -> tuple[GPT, Any]:
+    import torch
+
+    model = GPT(GPTConfig(vocab_size=64, hidden_size=16, layers=1, heads=2, intermediate_size=32))
+    return model, torch.optim.AdamW(model.parameters())
+
+
+def test_a_partial_or_corrupted_checkpoint_is_never_used(tmp_path: Path) -> None:
+    model, optimizer = tiny_gpt()
+    root = tmp_path / "checkpoints"
+    save(root, 2, 24, model, optimizer, Runtime(), keep=5)
+    newest = save(root, 4, 48, model, optimizer, Runtime(), keep=5)
+    (root / ".partial-step-000000006-dead").mkdir()  # a save killed before its commit
+    shard = next(p for p in newest.iterdir() if p.suffix == ".distcp")
+    shard.write_bytes(shard.read_bytes()[:-10])  # a torn write
+    found = latest(root)
+    assert found is not None
+    assert found[0].name == "step-000000002"
+    assert found[1]["data_position"] == 24
+
+
+def test_only_the_newest_checkpoints_are_kept(tmp_path: Path) -> None:
+    model, optimizer = tiny_gpt()
+    root = tmp_path / "checkpoints"
+    for step in (1, 2, 3, 4):
+        save(root, step, step, model, optimizer, Runtime(), keep=2)
+    assert sorted(p.name for p in root.iterdir()) == ["step-000000003", "step-000000004"]
+
+
+def test_the_metrics_endpoint_agrees_with_metrics_jsonl(
+    pvc_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PRETRAIN_PVC_ROOT", str(pvc_root))
+    spec = PretrainJobSpec.model_validate({**JOB["spec"], "training": {
+        **JOB["spec"]["training"], "maxSteps": 5}, "checkpoint": {"everySteps": 2}})  # fmt: skip
+    metrics = trainer_metrics.create("team-a", "invariance", "PretrainJob")
+    port = trainer_metrics.serve(metrics, 0)
+    run(spec, tmp_path, metrics=metrics)
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    samples: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            samples[name] = float(value)
+    labels = '{job="invariance",kind="PretrainJob",namespace="team-a"}'
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    last = [line for line in lines if "loss" in line][-1]
+    assert samples[f"pretrain_train_step{labels}"] == 5
+    assert samples[f"pretrain_tokens_total{labels}"] == last["tokens"] == 5 * 12 * 32
+    assert samples[f"pretrain_samples_total{labels}"] == 5 * 12
+    assert samples[f"pretrain_train_loss{labels}"] == pytest.approx(last["loss"])
+    assert samples[f"pretrain_tokens_per_second{labels}"] == pytest.approx(
+        last["tokens_per_second"]
+    )
+    assert samples[f"pretrain_world_size{labels}"] == 1
+    assert samples[f"pretrain_checkpoint_last_step{labels}"] == 5
+    assert samples[f"pretrain_step_duration_seconds_count{labels}"] == 5
+    assert samples[f"pretrain_checkpoint_save_seconds_count{labels}"] == 3  # steps 2, 4, 5
+    assert 0 < samples[f"pretrain_learning_rate{labels}"] <= 1e-3
+    assert samples[f"pretrain_grad_norm{labels}"] > 0
+    assert f"pretrain_dataloader_wait_seconds_total{labels}" in samples
+    assert f"pretrain_device_memory_bytes{labels}" in samples
+    evaluation = '{job="invariance",kind="PretrainJob",name="loss",namespace="team-a"}'
+    assert samples[f"pretrain_eval_metric{evaluation}"] > 0
+    # No known peak FLOP/s for a CPU: MFU is absent rather than wrong.
+    assert "# TYPE pretrain_mfu_ratio gauge" in text
+    assert not any(name.startswith("pretrain_mfu_ratio{") for name in samples)
