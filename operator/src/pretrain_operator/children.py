@@ -93,33 +93,30 @@ def config_map(job: Job) -> Manifest:
     }
 
 
-def headless_service(job: Job) -> Manifest:
+def _headless_service(job: Job, name: str, role: str, port_name: str, port: int) -> Manifest:
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": job.metadata(naming.service_name(job.name)),
+        "metadata": job.metadata(name),
         "spec": {
             "clusterIP": "None",
-            # Ranks must resolve each other before they are Ready (during rendezvous).
+            # Ranks must resolve each other and the store before they are Ready (rendezvous).
             "publishNotReadyAddresses": True,
-            "selector": job.labels(naming.ROLE_NODE),
-            "ports": [{"name": "metrics", "port": naming.METRICS_PORT}],
+            "selector": job.labels(role),
+            "ports": [{"name": port_name, "port": port}],
         },
     }
+
+
+def headless_service(job: Job) -> Manifest:
+    """DNS for the node pods: `<job>-node-<i>.<job>`."""
+    return _headless_service(job, naming.service_name(job.name), naming.ROLE_NODE, "metrics",
+                             naming.METRICS_PORT)  # fmt: skip
 
 
 def rendezvous_service(job: Job) -> Manifest:
-    return {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": job.metadata(naming.rendezvous_name(job.name)),
-        "spec": {
-            "clusterIP": "None",
-            "publishNotReadyAddresses": True,
-            "selector": job.labels(naming.ROLE_RENDEZVOUS),
-            "ports": [{"name": "c10d", "port": naming.RENDEZVOUS_PORT}],
-        },
-    }
+    return _headless_service(job, naming.rendezvous_name(job.name), naming.ROLE_RENDEZVOUS, "c10d",
+                             naming.RENDEZVOUS_PORT)  # fmt: skip
 
 
 def _container_base(job: Job) -> dict[str, Any]:
