@@ -193,3 +193,29 @@ def test_the_metrics_endpoint_agrees_with_metrics_jsonl(
     # No known peak FLOP/s for a CPU: MFU is absent rather than wrong.
     assert "# TYPE pretrain_mfu_ratio gauge" in text
     assert not any(name.startswith("pretrain_mfu_ratio{") for name in samples)
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_143(pvc_root: Path, tmp_path: Path) -> None:
+    """Eviction or preemption: the worker finishes its step, checkpoints, and says so."""
+    job = job_file(tmp_path, training={"maxSteps": 100000}, checkpoint={"everySteps": 100000})
+    output = tmp_path / "out"
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "pretrain_trainer", "train", f"--config={job}",
+         f"--output={output}"],
+        env={**os.environ, "PRETRAIN_PVC_ROOT": str(pvc_root)},
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    metrics = output / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while not (metrics.exists() and metrics.read_text().count('"loss": ') >= 5):
+        assert worker.poll() is None, worker.communicate()[1]
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    worker.send_signal(signal.SIGTERM)
+    _, errors = worker.communicate(timeout=120)
+    assert worker.returncode == 143, errors
+    assert "checkpoint saved" in errors
+    found = latest(output / "checkpoints")
+    assert found is not None
+    assert found[1]["step"] >= 4
+    assert found[1]["step"] == max(step_losses(output))
