@@ -118,7 +118,6 @@ def prepare_tokenizer(
 ) -> Tokenizer:
     """The checkpoint's tokenizer when resuming, else tokenizer.uri, else one trained on the
     training sources by rank 0 and broadcast (ranks on other nodes may share no volume)."""
-
     if checkpoint is not None and (checkpoint / TOKENIZER_FILE).is_file():
         return load_tokenizer(checkpoint / TOKENIZER_FILE)
     if runtime.distributed:
@@ -263,10 +262,9 @@ def run(
     ddp = parallel if isinstance(parallel, nn.parallel.DistributedDataParallel) else None
     forward_model: nn.Module = torch.compile(parallel) if training.compile else parallel  # type: ignore[assignment]
     steps = total_steps(training, spec.data.sequence_length, max_steps)
-    pipeline = build_data(spec, tokenizer, special, VALIDATION_SEQUENCES)
-    if restored:  # skip what the checkpointed steps consumed
-        pipeline = build_data(spec, tokenizer, special, VALIDATION_SEQUENCES,
-                              start=restored.data_position)  # fmt: skip
+    # On resume the mixture starts past what the checkpointed steps consumed.
+    pipeline = build_data(spec, tokenizer, special, VALIDATION_SEQUENCES,
+                          start=restored.data_position if restored else 0)  # fmt: skip
     samples, held_out = pipeline.training, pipeline.validation
     if not held_out:
         raise ConfigurationError(
