@@ -114,15 +114,30 @@ def test_a_checkpoint_of_3_workers_resumes_with_fewer(
         assert three.poll() is None, three.communicate()[1]
         assert time.monotonic() < deadline, "no checkpoint at step 4"
         time.sleep(0.2)
-    os.killpg(three.pid, signal.SIGKILL)  # every worker at once, mid-run: a lost node pool
+    # Every process at once, mid-run: a lost node pool. torchrun starts its workers in sessions
+    # of their own, so the whole tree is killed, not only the process group.
+    for pid in descendants(three.pid):
+        os.kill(pid, signal.SIGKILL)
+    os.killpg(three.pid, signal.SIGKILL)
     three.wait()
 
     finished(pretrain("-f", job, "--output", output, "--nproc", resume_with, pvc_root=pvc_root))
     resumed = step_losses(output)
+    lines = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
+    sizes = {line["step"]: line["world_size"] for line in lines if "world_size" in line}
+    assert sizes[1] == 3
+    assert sizes[12] == resume_with  # the last steps were trained by the resumed run
     assert sorted(resumed) == list(range(1, 13))  # each step once, none lost, none twice
     assert largest_relative_difference(step_losses(reference), resumed) < 1e-4
     last = json.loads((output / "metrics.jsonl").read_text().splitlines()[-2])
     assert last["tokens"] == 12 * 12 * 32  # tokens counted once per step
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid`, children first found first."""
+    found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    children = [int(child) for child in found.split()]
+    return [d for child in children for d in (child, *descendants(child))]
 
 
 def tiny_gpt() -> tuple[GPT, Any]:
