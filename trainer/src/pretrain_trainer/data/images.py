@@ -4,7 +4,7 @@ with an image path and a caption), decoded with Pillow, resized, as float tensor
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import fsspec
@@ -13,7 +13,7 @@ from PIL import Image
 from tokenizers import Tokenizer
 
 from pretrain_operator.api.pretrain import Data, DataFormat, DataSource
-from pretrain_trainer.data.mixture import Mixture, in_validation, shuffled
+from pretrain_trainer.data.mixture import Mixture, first_of_each, in_validation, mix_sources
 from pretrain_trainer.data.sources import DataError, list_files, resolve
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
@@ -97,41 +97,27 @@ def _captioned(
 def image_training_samples(
     data: Data, seed: int, size: int, start: int = 0
 ) -> Mixture[ImageSample]:
-    def epoch(index: int) -> Callable[[], Iterator[ImageSample]]:
-        return lambda: _images(data, index, seed, False, size)
-
-    fields = [f"spec.data.sources[{i}]" for i in range(len(data.sources))]
-    streams = [shuffled(epoch(i), seed, field) for i, field in enumerate(fields)]
-    return Mixture(streams, [s.weight for s in data.sources], seed, start)
+    return mix_sources(data, seed, start, lambda i: _images(data, i, seed, False, size))
 
 
 def image_validation_samples(data: Data, seed: int, size: int, limit: int) -> list[ImageSample]:
-    samples: list[ImageSample] = []
-    for index in range(len(data.sources)):
-        stream = _images(data, index, seed, True, size)
-        samples.extend(sample for _, sample in zip(range(limit), stream, strict=False))
-    return samples
+    return first_of_each(data, limit, lambda i: _images(data, i, seed, True, size))
 
 
 def image_text_training_samples(
     data: Data, seed: int, size: int, tokenizer: Tokenizer, eos: int, pad: int, start: int = 0
 ) -> Mixture[ImageTextSample]:
-    def epoch(index: int) -> Callable[[], Iterator[ImageTextSample]]:
-        return lambda: _captioned(data, index, seed, False, size, tokenizer, eos, pad)
-
-    fields = [f"spec.data.sources[{i}]" for i in range(len(data.sources))]
-    streams = [shuffled(epoch(i), seed, field) for i, field in enumerate(fields)]
-    return Mixture(streams, [s.weight for s in data.sources], seed, start)
+    return mix_sources(
+        data, seed, start, lambda i: _captioned(data, i, seed, False, size, tokenizer, eos, pad)
+    )
 
 
 def image_text_validation_samples(
     data: Data, seed: int, size: int, tokenizer: Tokenizer, eos: int, pad: int, limit: int
 ) -> list[ImageTextSample]:
-    samples: list[ImageTextSample] = []
-    for index in range(len(data.sources)):
-        stream = _captioned(data, index, seed, True, size, tokenizer, eos, pad)
-        samples.extend(sample for _, sample in zip(range(limit), stream, strict=False))
-    return samples
+    return first_of_each(
+        data, limit, lambda i: _captioned(data, i, seed, True, size, tokenizer, eos, pad)
+    )
 
 
 def caption_texts(data: Data) -> Iterator[str]:

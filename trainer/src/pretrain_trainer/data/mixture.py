@@ -8,11 +8,13 @@ work) and skips each source ahead: nothing but i needs to be saved in a checkpoi
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator, Sequence
 from typing import Generic, TypeVar
 
 import torch
 
+from pretrain_operator.api.pretrain import Data
 from pretrain_trainer import rng
 
 T = TypeVar("T")
@@ -75,3 +77,20 @@ class Mixture(Generic[T]):
         picks = source_choices(self.weights, self.seed, self.position, count)
         self.position += count
         return indices, [next(self.streams[source]) for source in picks]
+
+
+def mix_sources(
+    data: Data, seed: int, start: int, epoch: Callable[[int], Iterator[T]]
+) -> Mixture[T]:
+    """The training mixture of every source: `epoch(i)` yields source i's training items once."""
+    streams = [
+        shuffled(functools.partial(epoch, index), seed, f"spec.data.sources[{index}]")
+        for index in range(len(data.sources))
+    ]
+    return Mixture(streams, [source.weight for source in data.sources], seed, start)
+
+
+def first_of_each(data: Data, limit: int, held_out: Callable[[int], Iterator[T]]) -> list[T]:
+    """A fixed validation set: the first `limit` held-out items of each source, in order."""
+    return [item for index in range(len(data.sources))
+            for _, item in zip(range(limit), held_out(index), strict=False)]  # fmt: skip

@@ -4,14 +4,14 @@ document belongs to the training or the validation split by a hash of its number
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 from tokenizers import Tokenizer
 
 from pretrain_operator.api.pretrain import Data
-from pretrain_trainer.data.mixture import Mixture, in_validation, shuffled
+from pretrain_trainer.data.mixture import Mixture, first_of_each, in_validation, mix_sources
 from pretrain_trainer.data.sources import documents
 
 ENCODE_CHUNK = 256
@@ -56,26 +56,20 @@ def training_samples(
 ) -> Mixture[TextSample]:
     """The training mixture of every source, resumable at sample `start`."""
 
-    def epoch(index: int) -> Callable[[], Iterator[TextSample]]:
-        def samples() -> Iterator[TextSample]:
-            texts = split_texts(data, index, seed, validation=False)
-            return packed(texts, tokenizer, data.sequence_length, eos)
+    def epoch(index: int) -> Iterator[TextSample]:
+        texts = split_texts(data, index, seed, validation=False)
+        return packed(texts, tokenizer, data.sequence_length, eos)
 
-        return samples
-
-    streams = [
-        shuffled(epoch(i), seed, f"spec.data.sources[{i}]") for i in range(len(data.sources))
-    ]
-    return Mixture(streams, [s.weight for s in data.sources], seed, start)
+    return mix_sources(data, seed, start, epoch)
 
 
 def validation_samples(
     data: Data, tokenizer: Tokenizer, seed: int, eos: int, limit: int
 ) -> list[TextSample]:
     """A fixed validation set: the first `limit` held-out sequences of each source, in order."""
-    samples: list[TextSample] = []
-    for index in range(len(data.sources)):
+
+    def held_out(index: int) -> Iterator[TextSample]:
         texts = split_texts(data, index, seed, validation=True)
-        stream = packed(texts, tokenizer, data.sequence_length, eos)
-        samples.extend(sample for _, sample in zip(range(limit), stream, strict=False))
-    return samples
+        return packed(texts, tokenizer, data.sequence_length, eos)
+
+    return first_of_each(data, limit, held_out)
