@@ -1,5 +1,5 @@
 """Shared fixtures: one real cluster per test session, a fresh restricted namespace per test,
-and simulated (kwok) GPU/TPU nodes on demand."""
+simulated (kwok) GPU/TPU nodes on demand, and the offline corpus as a volume for jobs."""
 
 from __future__ import annotations
 
@@ -15,11 +15,21 @@ from devcluster.nodes import NodePool
 from devcluster.session import ClusterSession, open_session
 from devcluster.waiting import wait_until
 from operator_process import OperatorProcess, install_chart_rbac, token_kubeconfig
+from pretrain_trainer.corpus import build_image_corpus, build_text_corpus
 
 RESTRICTED_LABELS = {
     "pod-security.kubernetes.io/enforce": "restricted",
     "pod-security.kubernetes.io/enforce-version": "latest",
 }
+
+
+@pytest.fixture(scope="session")
+def pvc_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory whose `corpus/` is the claim the examples read (pvc://corpus/...)."""
+    root = tmp_path_factory.mktemp("pvc")
+    build_text_corpus(root / "corpus")
+    build_image_corpus(root / "corpus")
+    return root
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,75 +16,22 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from pretrain_operator.api import PretrainJobSpec
 from pretrain_trainer import metrics as trainer_metrics
 from pretrain_trainer.checkpoint import latest, save
-from pretrain_trainer.corpus import build_text_corpus
 from pretrain_trainer.distributed import Runtime
 from pretrain_trainer.models.gpt import GPT, GPTConfig
 from pretrain_trainer.train import run
-
-# A Byte tokenizer: Hugging Face's trainers break ties differently in every process, so a
-# trained vocabulary would differ between two runs of the same job (see README).
-JOB: dict[str, Any] = {
-    "apiVersion": "pretrain.dev/v1alpha1",
-    "kind": "PretrainJob",
-    "metadata": {"name": "invariance"},
-    "spec": {
-        "objective": {"type": "MaskedLM"},
-        "model": {"family": "bert", "size": "tiny"},
-        "tokenizer": {"type": "Byte"},
-        "data": {"sources": [{"uri": "pvc://corpus/python-docs.jsonl"}], "sequenceLength": 32,
-                 "validationFraction": 0.05},
-        "training": {"globalBatchSize": 12, "microBatchSize": 2, "maxSteps": 30,
-                     "precision": "fp32", "optimizer": {"learningRate": 1.0e-3}},
-        "checkpoint": {"everySteps": 1000},
-    },
-}  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def pvc_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("pvc")
-    build_text_corpus(root / "corpus")
-    return root
-
-
-def job_file(directory: Path, **training: Any) -> Path:
-    manifest = json.loads(json.dumps(JOB))
-    manifest["spec"]["training"].update(training.pop("training", {}))
-    manifest["spec"].update(training)
-    path = directory / "job.yaml"
-    path.write_text(yaml.safe_dump(manifest))
-    return path
-
-
-def pretrain(*args: str | Path | int, pvc_root: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "pretrain_trainer", "run", *map(str, args), "--quiet",
-         "--pvc-root", str(pvc_root)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-    )  # fmt: skip
-
-
-def finished(process: subprocess.Popen[str]) -> None:
-    _, errors = process.communicate(timeout=600)
-    assert process.returncode == 0, errors
-
-
-def step_losses(output: Path) -> dict[int, float]:
-    lines = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
-    reports = [line for line in lines if "loss" in line]
-    steps = [line["step"] for line in reports]
-    assert len(steps) == len(set(steps)), "a step was reported twice"
-    return {line["step"]: line["loss"] for line in reports}
-
-
-def largest_relative_difference(a: dict[int, float], b: dict[int, float]) -> float:
-    assert a.keys() == b.keys()
-    return max(abs(a[s] - b[s]) / abs(a[s]) for s in a)
+from trainer_runs import (
+    JOB,
+    descendants,
+    finished,
+    job_file,
+    largest_relative_difference,
+    pretrain,
+    step_losses,
+)
 
 
 def test_the_loss_does_not_depend_on_the_number_of_workers(pvc_root: Path, tmp_path: Path) -> None:
@@ -131,13 +79,6 @@ def test_a_checkpoint_of_3_workers_resumes_with_fewer(
     assert largest_relative_difference(step_losses(reference), resumed) < 1e-4
     last = json.loads((output / "metrics.jsonl").read_text().splitlines()[-2])
     assert last["tokens"] == 12 * 12 * 32  # tokens counted once per step
-
-
-def descendants(pid: int) -> list[int]:
-    """Every process below `pid`, children first found first."""
-    found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
-    children = [int(child) for child in found.split()]
-    return [d for child in children for d in (child, *descendants(child))]
 
 
 def tiny_gpt() -> tuple[GPT, Any]:
@@ -234,3 +175,26 @@ def test_sigterm_saves_a_checkpoint_and_exits_143(pvc_root: Path, tmp_path: Path
     assert found is not None
     assert found[1]["step"] >= 4
     assert found[1]["step"] == max(step_losses(output))
+
+
+def test_fsdp_trains_like_one_worker_and_its_checkpoint_resumes_alone(
+    pvc_root: Path, tmp_path: Path
+) -> None:
+    """FSDP2 shards parameters, gradients and optimizer state over the workers; the steps are the
+    same as one worker's, and its sharded checkpoint reshards into a single process."""
+    steps = {"maxSteps": 8}
+    reference = tmp_path / "reference"
+    finished(pretrain("-f", job_file(tmp_path, training=steps), "--output", reference,
+                      pvc_root=pvc_root))  # fmt: skip
+    sharded = job_file(tmp_path, training={**steps, "strategy": "FSDP"},
+                       checkpoint={"everySteps": 4})  # fmt: skip
+    output = tmp_path / "fsdp"
+    finished(pretrain("-f", sharded, "--output", output, "--nproc", 2, pvc_root=pvc_root))
+    assert largest_relative_difference(step_losses(reference), step_losses(output)) < 1e-4
+
+    shutil.rmtree(output / "checkpoints" / "step-000000008")  # as if lost after step 4
+    finished(pretrain("-f", sharded, "--output", output, pvc_root=pvc_root))
+    lines = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
+    sizes = {line["step"]: line["world_size"] for line in lines if "world_size" in line}
+    assert sizes == {1: 2, 2: 2, 3: 2, 4: 2, 5: 1, 6: 1, 7: 1, 8: 1}
+    assert largest_relative_difference(step_losses(reference), step_losses(output)) < 1e-4

@@ -11,8 +11,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pretrain_trainer.corpus import build_image_corpus, build_text_corpus
-
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 # (example, steps, the fraction of the first validation loss the last must fall below). Figures
 # measured on 2 CPU cores: gpt 7.62 -> 6.06 and bert 7.71 -> 6.10 (60 steps), electra 42.2 ->
@@ -27,15 +25,6 @@ RUNS = [
     ("clip-tiny-cpu", 60, 0.85),
     ("vit-simclr-tiny-cpu", 100, 0.98),
 ]
-
-
-@pytest.fixture(scope="module")
-def pvc_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A directory whose `corpus/` is the claim the examples read."""
-    root = tmp_path_factory.mktemp("pvc")
-    build_text_corpus(root / "corpus")
-    build_image_corpus(root / "corpus")
-    return root
 
 
 def pretrain(*args: str | Path | int) -> subprocess.CompletedProcess[str]:

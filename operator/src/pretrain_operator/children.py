@@ -249,6 +249,7 @@ def node_pod(job: Job, index: int) -> Manifest:
          "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
         {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
         {"name": "HOME", "value": "/tmp"},
+        *({"name": name, "value": value} for name, value in launch.ENVIRONMENT.items()),
     ]  # fmt: skip
     if job.base_checkpoint:
         env.append({"name": "PRETRAIN_BASE_CHECKPOINT", "value": job.base_checkpoint})

@@ -195,7 +195,8 @@ def _run_workers(
     )  # fmt: skip
     command[0:1] = [sys.executable, "-m", "torch.distributed.run"]  # torchrun of this Python
     metrics_path = output / "metrics.jsonl"
-    with subprocess.Popen(command, stderr=subprocess.PIPE, text=True) as workers:
+    environment = {**os.environ, **launch.ENVIRONMENT}
+    with subprocess.Popen(command, env=environment, stderr=subprocess.PIPE, text=True) as workers:
         seen = 0
         while workers.poll() is None:
             time.sleep(0.5)

@@ -46,7 +46,8 @@ def start(spec: PretrainJobSpec) -> Runtime:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank)
-        device, backend = torch.device("cuda", local_rank), "nccl"
+        # gloo beside NCCL: background checkpoint writes need a CPU backend.
+        device, backend = torch.device("cuda", local_rank), "cpu:gloo,cuda:nccl"
     else:
         device, backend = torch.device("cpu"), "gloo"
     if not dist.is_initialized():

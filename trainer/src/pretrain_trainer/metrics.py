@@ -54,6 +54,7 @@ class TrainerMetrics:
     step_seconds: Histogram
     dataloader_wait: Counter
     checkpoint_seconds: Histogram
+    checkpoint_total_seconds: Histogram
     checkpoint_step: Gauge
     world_size: Gauge
     memory: Gauge
@@ -98,7 +99,14 @@ def create(namespace: str, job: str, kind: str) -> TrainerMetrics:
             "Time the loop blocked per checkpoint save.",
             (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
         ),
-        checkpoint_step=gauge("pretrain_checkpoint_last_step", "Step of the last checkpoint."),
+        checkpoint_total_seconds=histogram(
+            "pretrain_checkpoint_commit_seconds",
+            "Time from the start of a checkpoint save to its commit (background writes included).",
+            (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900),
+        ),
+        checkpoint_step=gauge(
+            "pretrain_checkpoint_last_step", "Step of the last committed checkpoint."
+        ),
         world_size=gauge("pretrain_world_size", "Processes training now."),
         memory=gauge("pretrain_device_memory_bytes", "Peak device memory of local rank 0."),
         eval_metric=Gauge(
@@ -119,6 +127,7 @@ def create(namespace: str, job: str, kind: str) -> TrainerMetrics:
         metrics.step_seconds,
         metrics.dataloader_wait,
         metrics.checkpoint_seconds,
+        metrics.checkpoint_total_seconds,
         metrics.checkpoint_step,
         metrics.world_size,
         metrics.memory,

@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from tokenizers import Tokenizer
 from torch import nn
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.distributed.tensor import DTensor
 
 from pretrain_operator.api import PretrainJobSpec
 from pretrain_operator.api.common import Decay, OptimizerName, Precision, Strategy, Training
@@ -27,7 +29,7 @@ from pretrain_trainer.build import (
     model_shape,
     needs_tokenizer,
 )
-from pretrain_trainer.checkpoint import latest, restore, save
+from pretrain_trainer.checkpoint import CheckpointWriter, latest, restore
 from pretrain_trainer.data.images import caption_texts
 from pretrain_trainer.data.sources import documents
 from pretrain_trainer.distributed import Runtime, all_sum, share
@@ -167,7 +169,8 @@ def evaluate(
     device: torch.device,
     precision: Precision,
 ) -> float:
-    """The validation loss, normalised like a training step (per target, per term)."""
+    """The validation loss, normalised like a training step (per target, per term). `model` is
+    the LossModule as wrapped for training: FSDP gathers its shards only in its own forward."""
     model.eval()
     batches = []
     for start in range(0, len(samples), micro_batch):
@@ -177,7 +180,7 @@ def evaluate(
     sums: dict[str, torch.Tensor] = {}
     with torch.no_grad(), autocast(device, precision):
         for batch in batches:
-            for name, value in objective.loss(model, _to(batch, device)).items():
+            for name, value in model(_to(batch, device)).items():
                 sums[name] = sums[name] + value.float() if name in sums else value.float()
     model.train()
     return float(objective.combine(sums, objective.counts(batches)))
@@ -255,10 +258,11 @@ def run(
     vocab = tokenizer.get_vocab_size() if tokenizer else 0
     model = build_model(spec, vocab).to(device)
     objective = build_objective(spec, special, vocab)
+    # FSDP replaces the parameters with sharded ones: the optimizer and the restore come after.
+    parallel = _parallel(LossModule(model, objective), spec, runtime)
     optimizer = optimizer_for(model, training)
     restored = restore(found, model, optimizer) if found else None
     start = restored.step if restored else 0
-    parallel = _parallel(LossModule(model, objective), spec, runtime)
     ddp = parallel if isinstance(parallel, nn.parallel.DistributedDataParallel) else None
     forward_model: nn.Module = torch.compile(parallel) if training.compile else parallel  # type: ignore[assignment]
     steps = total_steps(training, spec.data.sequence_length, max_steps)
@@ -272,7 +276,7 @@ def run(
         )
     evaluate_every = max(1, steps // 5)
     micro = min(training.micro_batch_size, training.global_batch_size)
-    evaluation_model = model
+    evaluation_model = parallel
     first_eval = evaluate(evaluation_model, objective, held_out, micro, device, training.precision)
     last_eval = first_eval
     global_batch = training.global_batch_size
@@ -283,7 +287,14 @@ def run(
     if metrics is not None:
         metrics.world_size.labels(**metrics.labels).set(runtime.world_size)
         metrics.step.labels(**metrics.labels).set(start)
+        # A resumed process counts from the checkpoint on: steps trained again after a failure
+        # (those past the checkpoint) are counted once, so the counters end at the job's totals.
+        metrics.tokens.labels(**metrics.labels).inc(tokens)
+        metrics.samples.labels(**metrics.labels).inc(start * global_batch)
     sink = metrics_path.open("a") if runtime.main else None
+    sharded = runtime.distributed and training.strategy == Strategy.FSDP
+    writer = CheckpointWriter(checkpoints, runtime, spec.checkpoint.keep,
+                              spec.checkpoint.background, sharded, _on_commit(metrics))  # fmt: skip
     try:
         if sink and not restored:
             sink.write(json.dumps({"step": 0, "eval": {"loss": first_eval}}) + "\n")
@@ -316,9 +327,12 @@ def run(
                     (loss * runtime.world_size).backward()
                 loss_total += loss.detach()
             clip = training.gradient_clipping or float("inf")
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip))
+            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+            grad_norm = float(norm.full_tensor() if isinstance(norm, DTensor) else norm)
             optimizer.step()
-            step_loss = all_sum([float(loss_total)], runtime)[0]
+            # One collective for the loss and for SIGTERM: ranks see the signal at different
+            # steps, and must all stop (and save, a collective) at the same one.
+            step_loss, stops = all_sum([float(loss_total), float(stop_requested())], runtime)
             tokens += global_batch * pipeline.tokens_per_sample
             elapsed = time.perf_counter() - started
             report = StepReport(
@@ -342,25 +356,52 @@ def run(
                 sink.flush()
             if on_step and runtime.main:
                 on_step(report)
-            stopping = stop_requested()
+            stopping = stops > 0
             if step % spec.checkpoint.every_steps == 0 or step == steps or stopping:
                 saved_at = time.perf_counter()
                 extra = {TOKENIZER_FILE: tokenizer.to_str()} if tokenizer else None
-                save(checkpoints, step, samples.position, model, optimizer, runtime,
-                     spec.checkpoint.keep, extra)  # fmt: skip
+                # The last one and the one before exiting on SIGTERM must be on disk on return.
+                writer.save(step, samples.position, model, optimizer, extra,
+                            block=stopping or step == steps)  # fmt: skip
                 if metrics is not None:
                     metrics.checkpoint_seconds.labels(**metrics.labels).observe(
                         time.perf_counter() - saved_at)  # fmt: skip
-                    metrics.checkpoint_step.labels(**metrics.labels).set(step)
             if stopping:
                 raise StopRequestedError(f"stopped at step {step} on SIGTERM; checkpoint saved")
+        writer.close()
     finally:
         if sink:
             sink.close()
     model_dir = output / "model"
-    if runtime.main:
-        export_model(model, spec, tokenizer, model_dir)
+    exported = (_unsharded(model, spec, vocab, runtime) if sharded
+                else model if runtime.main else None)  # fmt: skip
+    if exported is not None:
+        export_model(exported, spec, tokenizer, model_dir)
     return RunSummary(steps, first_eval, last_eval, tokens, model_dir)
+
+
+def _unsharded(
+    model: nn.Module, spec: PretrainJobSpec, vocab: int, runtime: Runtime
+) -> nn.Module | None:
+    """Rank 0: a plain copy of an FSDP-sharded model, on the CPU; the others help gather it."""
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    state = get_model_state_dict(model, options=options)  # collective; full on rank 0 only
+    if not runtime.main:
+        return None
+    plain = build_model(spec, vocab)
+    plain.load_state_dict(state)
+    return plain
+
+
+def _on_commit(metrics: TrainerMetrics | None) -> Callable[[int, float], None] | None:
+    if metrics is None:
+        return None
+
+    def committed(step: int, seconds: float) -> None:
+        metrics.checkpoint_step.labels(**metrics.labels).set(step)
+        metrics.checkpoint_total_seconds.labels(**metrics.labels).observe(seconds)
+
+    return committed
 
 
 def _record(

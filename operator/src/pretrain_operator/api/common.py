@@ -185,6 +185,11 @@ class Checkpoint(ApiModel):
     storage: CheckpointStorage | None = Field(None, description="Where checkpoints are written.")
     every_steps: int = Field(500, ge=1, description="Save a checkpoint every this many steps.")
     keep: int = Field(3, ge=1, le=1000, description="Keep this many newest complete checkpoints.")
+    background: bool = Field(
+        True,
+        description="Write checkpoints in the background: the loop blocks only while the state "
+        "is copied to host memory (which needs room for one extra copy of it).",
+    )
 
 
 class Replicas(ApiModel):
