@@ -74,6 +74,9 @@ class Result:
     rss_bytes: int
     """The operator's resident memory at the end; its peak is `peak_rss_bytes`."""
     peak_rss_bytes: int
+    cpu_seconds: float
+    """CPU time the operator used from the first create to all Running (robust to a shared
+    machine, where wall-clock times also measure the neighbours)."""
 
 
 # ---- the systems ----
@@ -97,6 +100,11 @@ class Process:
         status = Path(f"/proc/{self.process.pid}/status").read_text()
         fields = dict(line.split(":", 1) for line in status.splitlines())
         return (int(fields["VmRSS"].split()[0]) * 1024, int(fields["VmHWM"].split()[0]) * 1024)
+
+    def cpu_seconds(self) -> float:
+        """User + system time so far, from /proc (fields 14 and 15 of stat)."""
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -236,6 +244,7 @@ def measure(core: client.CoreV1Api, workload: Workload, jobs: int,
     wait_until(lambda: _exists(lambda: core.read_namespaced_service_account("default", namespace)),
                f"ServiceAccount default in {namespace}")  # fmt: skip
     before = operator.scrape() if operator else []
+    cpu_before = operator.cpu_seconds() if operator else 0.0
     expected = jobs * workload.pods_per_job
     started = time.perf_counter()
     for index in range(jobs):
@@ -252,6 +261,7 @@ def measure(core: client.CoreV1Api, workload: Workload, jobs: int,
         time.sleep(0.25)
     if math.isnan(to_running):
         raise RuntimeError(f"{workload.system}: {jobs} jobs not all Running within 900 s")
+    cpu = operator.cpu_seconds() - cpu_before if operator else 0.0
     buckets = difference(operator.scrape(), before) if operator else []
     rss, peak = operator.memory() if operator else (0, 0)
     result = Result(
@@ -260,7 +270,7 @@ def measure(core: client.CoreV1Api, workload: Workload, jobs: int,
         reconciles=int(buckets[-1][1]) if buckets else 0,
         reconcile_p50_seconds=histogram_quantile(buckets, 0.5),
         reconcile_p99_seconds=histogram_quantile(buckets, 0.99),
-        rss_bytes=rss, peak_rss_bytes=peak,
+        rss_bytes=rss, peak_rss_bytes=peak, cpu_seconds=cpu,
     )  # fmt: skip
     core.delete_namespace(namespace)
     wait_until(lambda: not _exists(lambda: core.read_namespace(namespace)),
@@ -392,7 +402,7 @@ def run(sizes: list[int], systems: list[str], work: Path) -> list[Result]:
                           f"Running {result.seconds_to_running:6.1f} s, reconcile p50 "
                           f"{result.reconcile_p50_seconds * 1000:.1f} ms p99 "
                           f"{result.reconcile_p99_seconds * 1000:.1f} ms, "
-                          f"RSS {result.rss_bytes / 2**20:.0f} MiB",
+                          f"RSS {result.rss_bytes / 2**20:.0f} MiB, CPU {result.cpu_seconds:.1f} s",
                           file=sys.stderr, flush=True)  # fmt: skip
                     results.append(result)
             finally:
@@ -417,6 +427,8 @@ def ratios(results: list[Result]) -> dict[str, dict[str, float]]:
                 )
                 if other.rss_bytes:
                     row[f"ours/{baseline} RSS"] = result.rss_bytes / other.rss_bytes
+                if other.cpu_seconds:
+                    row[f"ours/{baseline} CPU"] = result.cpu_seconds / other.cpu_seconds
     return out
 
 
