@@ -76,7 +76,7 @@ cluster-down: venv ## stop the local control plane
 
 BENCH_ARGS ?=
 .PHONY: bench
-bench: venv tools ## benchmarks, each against its baseline in the same run (BENCHMARKS.md); a few minutes
+bench: venv tools ## benchmarks, each against its baseline in the same run (BENCHMARKS.md); about 15 min
 	$(PY) -m bench $(BENCH_ARGS)
 
 # ---- targets whose issues have not landed yet -------------------------------------------

@@ -77,6 +77,6 @@ def train(job: dict[str, Any], vocab: int, steps: int) -> list[tuple[float, floa
         torch.nn.utils.clip_grad_norm_(model.parameters(), training.gradient_clipping or math.inf)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        float(loss)  # nanoGPT reads the loss each step (lossf = loss.item())
+        loss.item()  # nanoGPT reads the loss each step (lossf = loss.item())
         ends.append((time.perf_counter(), time.process_time()))
     return ends
