@@ -30,7 +30,7 @@ $(UV):
 
 $(VENV)/.installed: $(UV) operator/pyproject.toml trainer/pyproject.toml hack/pyproject.toml requirements-dev.txt
 	$(UV) venv --quiet --allow-existing --python $(PYTHON) $(VENV)
-	$(UV) pip install --quiet --python $(PY) -e "./operator[controller]" -e ./trainer -e ./hack -r requirements-dev.txt
+	$(UV) pip install --quiet --python $(PY) -e "./operator[controller,cli]" -e ./trainer -e ./hack -r requirements-dev.txt
 	touch $@
 
 .PHONY: venv
@@ -56,7 +56,7 @@ lint: venv ## ruff lint and format check
 
 .PHONY: typecheck
 typecheck: venv ## mypy, strict
-	$(VENV)/bin/mypy operator/src trainer/src hack/devcluster tests
+	$(VENV)/bin/mypy operator/src trainer/src hack/devcluster tests bench
 
 .PHONY: test
 test: deps lint typecheck ## set up what is missing, then lint, type-check and run every test
@@ -72,6 +72,13 @@ cluster-up: venv tools ## start etcd, kube-apiserver, controller-manager, schedu
 cluster-down: venv ## stop the local control plane
 	$(PY) -m devcluster --dir $(CLUSTER_DIR) down
 
+# ---- benchmarks ---------------------------------------------------------------------------
+
+BENCH_ARGS ?=
+.PHONY: bench
+bench: venv tools ## benchmarks, each against its baseline in the same run (BENCHMARKS.md); about 15 min
+	$(PY) -m bench $(BENCH_ARGS)
+
 # ---- targets whose issues have not landed yet -------------------------------------------
 
 .PHONY: manifests
@@ -82,13 +89,11 @@ manifests: venv ## regenerate crds/ and the chart's CRDs from the API models
 run: venv ## run the operator from source against the current KUBECONFIG
 	$(PY) -m pretrain_operator $(RUN_ARGS)
 
-.PHONY: demo image bench
+.PHONY: demo image
 demo: ## the whole system on this machine (not yet: the end-to-end issue builds it)
 	@echo "make demo: not yet - it arrives with the end-to-end issue (local nodes, operator, trainer)." >&2; exit 2
 image: ## build the operator and trainer images (not yet: the shipping issue)
 	@echo "make image: not yet - it arrives with the shipping issue." >&2; exit 2
-bench: ## benchmarks against their baselines (not yet: the benchmarks issue)
-	@echo "make bench: not yet - it arrives with the benchmarks issue." >&2; exit 2
 
 .PHONY: clean
 clean: cluster-down ## remove local state (the caches outside the repository stay)
