@@ -14,7 +14,7 @@ from kubernetes.client.exceptions import ApiException
 from devcluster.nodes import NodePool
 from devcluster.session import ClusterSession, open_session
 from devcluster.waiting import wait_until
-from operator_process import OperatorProcess, install_chart_rbac, token_kubeconfig
+from operator_process import OperatorProcess, install_chart, token_kubeconfig
 
 RESTRICTED_LABELS = {
     "pod-security.kubernetes.io/enforce": "restricted",
@@ -82,7 +82,7 @@ def operator(
 ) -> Iterator[OperatorProcess]:
     """The operator, from source, with exactly the rights the chart grants its ServiceAccount."""
     directory = tmp_path_factory.mktemp("operator")
-    token = install_chart_rbac(cluster)
+    token = install_chart(cluster)
     process = OperatorProcess(token_kubeconfig(cluster, token, directory / "kubeconfig"),
                               directory / "operator.log")  # fmt: skip
     process.start()
