@@ -75,7 +75,8 @@ def test_the_api_server_accepts_the_rendered_chart(
     manifests = render(cluster, namespace, *values)
     rendered = kinds(manifests)
     assert MONITORING_KINDS & set(rendered) == monitoring
-    assert {"Deployment", "Service", "ServiceAccount"} <= set(rendered)
+    assert {"Deployment", "Service", "ServiceAccount", "ConfigMap"} <= set(rendered)
+    assert kinds(manifests).count("ConfigMap") == 3  # the dashboards
     applied = cluster.kubectl("apply", "--dry-run=server", "-f", "-", stdin=manifests,
                               check=False)  # fmt: skip
     assert applied.returncode == 0, applied.stderr
