@@ -4,7 +4,8 @@ breaks this test, not a user's dashboard."""
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Metric
-from queries import dashboard_queries, dashboard_variables, metric_names, rule_expressions
+
+from shipped_queries import dashboard_queries, dashboard_variables, metric_names, rule_expressions
 
 SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
 

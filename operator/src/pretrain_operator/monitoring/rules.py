@@ -71,7 +71,7 @@ ALERTS = [
     Alert(
         name="PretrainLossExploding",
         signal=f"max by ({JOB}) (pretrain_train_loss)"
-        f" / max by ({JOB}) (min_over_time((pretrain_train_loss > 0)[1h:1m]))",
+        f" / max by ({JOB}) (min_over_time((pretrain_train_loss > 0)[1h:]))",
         condition="{signal} > 2",
         duration="10m",
         severity="warning",
@@ -81,15 +81,18 @@ ALERTS = [
     ),
     Alert(
         name="PretrainThroughputCollapsed",
-        signal=f"max by ({JOB}) (rate(pretrain_tokens_total[10m]) / pretrain_world_size)"
-        f" / max by ({JOB}) (rate(pretrain_tokens_total[1h] offset 10m)"
-        " / (pretrain_world_size offset 10m))",
+        # Per process, so an elastic resize is no collapse; the last 10 minutes against the
+        # last hour (no offset: a young job has data for both).
+        signal=f"max by ({JOB}) (rate(pretrain_tokens_total[10m])"
+        " / avg_over_time(pretrain_world_size[10m]))"
+        f" / max by ({JOB}) (rate(pretrain_tokens_total[1h])"
+        " / avg_over_time(pretrain_world_size[1h]))",
         condition="{signal} < 0.5",
         duration="15m",
         severity="warning",
         summary="Training throughput collapsed",
         description=f"{WHERE}: tokens per second per process are "
-        "{{ $value | humanizePercentage }} of the hour before (a slow node, throttling, a data "
+        "{{ $value | humanizePercentage }} of the last hour's (a slow node, throttling, a data "
         "source falling behind).",
     ),
     Alert(

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-CHART = Path(__file__).resolve().parents[2] / "charts" / "pretrain-operator"
+CHART = Path(__file__).resolve().parent.parent / "charts" / "pretrain-operator"
 METRIC = re.compile(r"\b(pretrain_[a-z0-9_]+)")
 LABEL_VALUES = re.compile(r"^label_values\((?P<selector>.+), (?P<label>\w+)\)$")
 
