@@ -15,8 +15,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 CLUSTER_DIR := .cluster
 PYTEST_ARGS ?=
-# Debian packages later stages need (Prometheus for the metrics tests, buildah for `make image`).
-DEBIAN_PACKAGES := prometheus buildah
+# Debian packages the tests and `make image` need: Prometheus (promtool too), buildah, and debootstrap
+# (the base image, where no registry can be pulled from).
+DEBIAN_PACKAGES := prometheus buildah debootstrap
 
 .PHONY: help
 help: ## list the targets
@@ -82,11 +83,13 @@ manifests: venv ## regenerate crds/ and the chart's CRDs from the API models
 run: venv ## run the operator from source against the current KUBECONFIG
 	$(PY) -m pretrain_operator $(RUN_ARGS)
 
-.PHONY: demo image bench
+.PHONY: image
+image: debian ## build the operator and trainer images (docker, else buildah; IMAGES="operator" for one)
+	hack/build-images.sh $(IMAGES)
+
+.PHONY: demo bench
 demo: ## the whole system on this machine (not yet: the end-to-end issue builds it)
 	@echo "make demo: not yet - it arrives with the end-to-end issue (local nodes, operator, trainer)." >&2; exit 2
-image: ## build the operator and trainer images (not yet: the shipping issue)
-	@echo "make image: not yet - it arrives with the shipping issue." >&2; exit 2
 bench: ## benchmarks against their baselines (not yet: the benchmarks issue)
 	@echo "make bench: not yet - it arrives with the benchmarks issue." >&2; exit 2
 
