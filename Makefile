@@ -73,6 +73,12 @@ cluster-up: venv tools ## start etcd, kube-apiserver, controller-manager, schedu
 cluster-down: venv ## stop the local control plane
 	$(PY) -m devcluster --dir $(CLUSTER_DIR) down
 
+# ---- images -----------------------------------------------------------------------------
+
+.PHONY: image
+image: debian ## build the operator and trainer images (docker, else buildah; IMAGES="operator" for one)
+	hack/build-images.sh $(IMAGES)
+
 # ---- targets whose issues have not landed yet -------------------------------------------
 
 .PHONY: manifests
@@ -82,10 +88,6 @@ manifests: venv ## regenerate crds/ and the chart's CRDs from the API models
 .PHONY: run
 run: venv ## run the operator from source against the current KUBECONFIG
 	$(PY) -m pretrain_operator $(RUN_ARGS)
-
-.PHONY: image
-image: debian ## build the operator and trainer images (docker, else buildah; IMAGES="operator" for one)
-	hack/build-images.sh $(IMAGES)
 
 .PHONY: demo bench
 demo: ## the whole system on this machine (not yet: the end-to-end issue builds it)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make image`: build the Dockerfile's targets (default: operator trainer) as
 # pretrain-operator/<target>:<version>, with docker where a Docker engine answers and with buildah
-# otherwise (root, no daemon: chroot isolation, vfs storage). buildah cannot pull here, so a
+# otherwise (root, no daemon: chroot isolation; overlay storage, STORAGE_DRIVER=vfs where overlay
+# is unavailable, at the price of a full copy per layer). buildah cannot pull here, so a
 # missing base image (the Dockerfile's BASE_IMAGE) is made with debootstrap from Debian's
 # mirror and tagged under that name.
 set -euo pipefail
@@ -25,7 +26,7 @@ if [ -z "${BUILDAH:-}" ] && command -v docker >/dev/null && docker info >/dev/nu
   exit 0
 fi
 
-buildah=(buildah --storage-driver "${STORAGE_DRIVER:-vfs}")
+buildah=(buildah --storage-driver "${STORAGE_DRIVER:-overlay}")
 if ! "${buildah[@]}" inspect --type image "$base" >/dev/null 2>&1; then
   rootfs=$(mktemp -d)
   trap 'rm -rf "$rootfs"' EXIT

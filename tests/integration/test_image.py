@@ -15,7 +15,7 @@ import pytest
 from pretrain_operator import __version__
 
 ROOT = Path(__file__).resolve().parents[2]
-BUILDAH = ["buildah", "--storage-driver", "vfs"]
+BUILDAH = ["buildah", "--storage-driver", os.environ.get("STORAGE_DRIVER", "overlay")]
 
 pytestmark = [
     pytest.mark.slow,
@@ -63,8 +63,8 @@ def test_the_operator_image_runs_and_prints_its_version(
     printed = run(name, *entrypoint, "--version")
     assert printed.returncode == 0, printed.stderr
     assert printed.stdout.strip() == f"pretrain-operator {__version__}"
-    # One more run (each costs a copy of the image with vfs): the user, the controller's
-    # libraries, no torch (the operator stays small), the debootstrapped Debian underneath.
+    # The user, the controller's libraries, no torch (the operator stays small), the
+    # debootstrapped Debian underneath.
     probe = (
         "id -u; python -c 'import kopf, kubernetes_asyncio, prometheus_client' && echo imports;"
         " python -c 'import torch' 2>/dev/null || echo no-torch; . /etc/os-release; echo $VERSION"
