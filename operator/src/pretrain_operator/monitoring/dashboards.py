@@ -25,7 +25,7 @@ from grafana_foundation_sdk.models.dashboard import (
     VariableSort,
 )
 
-from pretrain_operator.monitoring.rules import STEP_SECONDS
+from pretrain_operator.monitoring.rules import mean_step_seconds
 
 DATASOURCE = DataSourceRef(type_val="prometheus", uid="${datasource}")
 RATE = "$__rate_interval"
@@ -175,8 +175,7 @@ JOB_DETAIL = Dashboard(
                   "times the mean step time): the work a node loss would cost.", "s",
                   (Query(f"max by (namespace, job, kind) (pretrain_train_step{JOB} - "
                          f"pretrain_checkpoint_last_step{JOB}) * "
-                         + STEP_SECONDS.replace("_sum[", f"_sum{JOB}[")
-                         .replace("_count[", f"_count{JOB}["), "age"),)),
+                         + mean_step_seconds(JOB), "age"),)),
             Panel("Last checkpoint step", "Step of the last checkpoint.", "short",
                   (Query(f"max(pretrain_checkpoint_last_step{JOB})"),), kind="stat"),
         )),

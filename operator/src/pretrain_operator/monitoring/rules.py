@@ -41,11 +41,13 @@ class Alert:
         return rule
 
 
-# Mean step time over the last 15 minutes, per job.
-STEP_SECONDS = (
-    f"(max by ({JOB}) (rate(pretrain_step_duration_seconds_sum[15m]))"
-    f" / max by ({JOB}) (rate(pretrain_step_duration_seconds_count[15m])))"
-)
+def mean_step_seconds(selector: str = "") -> str:
+    """Mean step time over the last 15 minutes, per job."""
+    return (
+        f"(max by ({JOB}) (rate(pretrain_step_duration_seconds_sum{selector}[15m]))"
+        f" / max by ({JOB}) (rate(pretrain_step_duration_seconds_count{selector}[15m])))"
+    )
+
 
 ALERTS = [
     Alert(
@@ -108,7 +110,7 @@ ALERTS = [
     Alert(
         name="PretrainCheckpointTooOld",
         signal=f"max by ({JOB}) (pretrain_train_step - pretrain_checkpoint_last_step)"
-        f" * {STEP_SECONDS}",
+        f" * {mean_step_seconds()}",
         condition="{signal} > 7200",
         duration="15m",
         severity="warning",
