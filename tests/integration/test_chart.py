@@ -166,3 +166,35 @@ def test_helm_install_then_the_operator_as_its_service_account_runs_a_job(
     pods = cluster.core.list_namespaced_pod(namespace).items
     assert {p.metadata.name for p in pods} >= {"charted-node-0", "charted-rdzv"}
     assert all(p.status.phase == "Running" for p in pods)
+
+
+@pytest.mark.usefixtures("crds")
+def test_namespaced_mode_grants_the_job_rules_in_the_watched_namespace_only(
+    cluster: ClusterSession, namespace: str
+) -> None:
+    """The Role holds the same rules the cluster-wide operator runs with (one template); here:
+    bound in the watched namespace, nowhere else, plus cluster-wide CRD discovery for kopf."""
+    watched = f"watchNamespaces={{{namespace}}}"
+    installed = helm(cluster, "install", "scoped", str(CHART), "-n", namespace, "--wait",
+                     "--set", watched, "--set", "replicas=0")  # fmt: skip
+    assert installed.returncode == 0, installed.stderr
+    try:
+        account = f"system:serviceaccount:{namespace}:scoped"
+
+        def can(*args: str) -> bool:
+            answer = cluster.kubectl("auth", "can-i", *args, f"--as={account}", check=False)
+            return answer.stdout.strip() == "yes"
+
+        args = "jsonpath={.spec.template.spec.containers[0].args}"
+        deployment = cluster.kubectl("get", "deployment", "scoped", "-n", namespace, "-o", args)
+        assert f"--namespace={namespace}" in deployment.stdout
+        for verb, resource in [("watch", "pretrainjobs.pretrain.dev"),
+                               ("patch", "finetunejobs.pretrain.dev/status"),
+                               ("create", "pods"), ("delete", "pods"), ("create", "services"),
+                               ("patch", "configmaps"), ("create", "events")]:  # fmt: skip
+            assert can(verb, resource, "-n", namespace), f"{verb} {resource}"
+            assert not can(verb, resource, "-n", "default"), f"{verb} {resource} elsewhere"
+        assert can("watch", "customresourcedefinitions.apiextensions.k8s.io")
+        assert not can("list", "secrets", "-n", namespace)
+    finally:
+        helm(cluster, "uninstall", "scoped", "-n", namespace, "--wait")
