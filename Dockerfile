@@ -1,20 +1,54 @@
 # syntax=docker/dockerfile:1
-# Two images from one file: `--target operator` (kopf, pydantic; no torch) and `--target trainer`.
-# The entry points arrive with the operator and trainer issues; `make image` with the shipping one.
-ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+# Two images from one file: `--target operator` (kopf, pydantic; no torch) and `--target trainer`
+# (torch; the node pods run `torchrun` and `python -m pretrain_trainer.rendezvous` from it).
+# `make image` builds both (docker where it exists, buildah otherwise). The base is pinned; where
+# no registry can be reached, hack/build-images.sh makes it with debootstrap under this name.
+ARG BASE_IMAGE=docker.io/library/debian:bookworm-20250520-slim
 
-FROM ${PYTHON_IMAGE} AS base
-ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
-RUN useradd --uid 1000 --create-home --shell /usr/sbin/nologin pretrain
+# Debian's Python 3.11 and a non-root user; shared by both images.
+FROM ${BASE_IMAGE} AS python
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 LANG=C.UTF-8
+RUN apt-get update \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3 ca-certificates \
+ && apt-get clean && rm -rf /var/lib/apt/lists/* /var/log/apt /var/log/dpkg.log \
+ && useradd --uid 1000 --user-group --create-home --shell /usr/sbin/nologin pretrain
 WORKDIR /home/pretrain
 
-FROM base AS operator
-COPY operator/ /src/operator/
-RUN pip install /src/operator && rm -rf /src
-USER 1000:1000
+# Virtual environments are built in a stage of their own, so neither pip nor the sources end up
+# in the images.
+FROM python AS venv
+RUN apt-get update \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3-venv \
+ && rm -rf /var/lib/apt/lists/*
+# CA: the build host's CA bundle, if it passes one (`--secret id=ca-certificates,src=...`, for a
+# network that intercepts TLS); a secret is never stored in a layer.
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 CA=/run/secrets/ca-certificates
 
-FROM base AS trainer
+FROM venv AS operator-build
+COPY operator/ /src/operator/
+RUN --mount=type=secret,id=ca-certificates \
+    if [ -s "$CA" ]; then export PIP_CERT="$CA"; fi \
+ && python3 -m venv /opt/pretrain \
+ && /opt/pretrain/bin/pip install --quiet "/src/operator[controller]" \
+ && /opt/pretrain/bin/pip uninstall --quiet --yes pip setuptools
+
+FROM python AS operator
+COPY --from=operator-build /opt/pretrain /opt/pretrain
+ENV PATH=/opt/pretrain/bin:$PATH
+USER 1000:1000
+ENTRYPOINT ["pretrain-operator"]
+
+FROM venv AS trainer-build
 COPY operator/ /src/operator/
 COPY trainer/ /src/trainer/
-RUN pip install /src/operator /src/trainer && rm -rf /src
+RUN --mount=type=secret,id=ca-certificates \
+    if [ -s "$CA" ]; then export PIP_CERT="$CA"; fi \
+ && python3 -m venv /opt/pretrain \
+ && /opt/pretrain/bin/pip install --quiet /src/operator /src/trainer \
+ && /opt/pretrain/bin/pip uninstall --quiet --yes pip
+
+FROM python AS trainer
+COPY --from=trainer-build /opt/pretrain /opt/pretrain
+ENV PATH=/opt/pretrain/bin:$PATH
 USER 1000:1000
+ENTRYPOINT ["pretrain"]

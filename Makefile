@@ -15,8 +15,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 CLUSTER_DIR := .cluster
 PYTEST_ARGS ?=
-# Debian packages later stages need (Prometheus for the metrics tests, buildah for `make image`).
-DEBIAN_PACKAGES := prometheus buildah
+# Debian packages the tests and `make image` need: Prometheus (promtool too), buildah, and debootstrap
+# (the base image, where no registry can be pulled from).
+DEBIAN_PACKAGES := prometheus buildah debootstrap
 
 .PHONY: help
 help: ## list the targets
@@ -79,21 +80,27 @@ BENCH_ARGS ?=
 bench: venv tools ## benchmarks, each against its baseline in the same run (BENCHMARKS.md); about 15 min
 	$(PY) -m bench $(BENCH_ARGS)
 
-# ---- targets whose issues have not landed yet -------------------------------------------
+# ---- images -----------------------------------------------------------------------------
+
+.PHONY: image
+image: debian ## build the operator and trainer images (docker, else buildah; IMAGES="operator" for one)
+	hack/build-images.sh $(IMAGES)
+
+# ---- generated files and running from source --------------------------------------------
 
 .PHONY: manifests
-manifests: venv ## regenerate crds/ and the chart's CRDs from the API models
+manifests: venv ## regenerate crds/, the chart's CRDs, dashboards and rules, and docs/api.md
 	$(PY) -m pretrain_operator.manifests .
 
 .PHONY: run
 run: venv ## run the operator from source against the current KUBECONFIG
 	$(PY) -m pretrain_operator $(RUN_ARGS)
 
-.PHONY: demo image
+# ---- targets whose issues have not landed yet -------------------------------------------
+
+.PHONY: demo
 demo: ## the whole system on this machine (not yet: the end-to-end issue builds it)
 	@echo "make demo: not yet - it arrives with the end-to-end issue (local nodes, operator, trainer)." >&2; exit 2
-image: ## build the operator and trainer images (not yet: the shipping issue)
-	@echo "make image: not yet - it arrives with the shipping issue." >&2; exit 2
 
 .PHONY: clean
 clean: cluster-down ## remove local state (the caches outside the repository stay)

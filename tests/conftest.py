@@ -14,7 +14,7 @@ from kubernetes.client.exceptions import ApiException
 from devcluster.nodes import NodePool
 from devcluster.session import ClusterSession, open_session
 from devcluster.waiting import wait_until
-from operator_process import OperatorProcess, install_chart_rbac, token_kubeconfig
+from operator_process import OperatorProcess, install_chart, token_kubeconfig
 from pretrain_trainer.corpus import build_image_corpus, build_text_corpus
 
 RESTRICTED_LABELS = {
@@ -92,7 +92,7 @@ def operator(
 ) -> Iterator[OperatorProcess]:
     """The operator, from source, with exactly the rights the chart grants its ServiceAccount."""
     directory = tmp_path_factory.mktemp("operator")
-    token = install_chart_rbac(cluster)
+    token = install_chart(cluster)
     process = OperatorProcess(token_kubeconfig(cluster, token, directory / "kubeconfig"),
                               directory / "operator.log")  # fmt: skip
     process.start()

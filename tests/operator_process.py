@@ -22,16 +22,16 @@ NAMESPACE = "pretrain-system"
 RELEASE = "pretrain-operator"
 
 
-def install_chart_rbac(cluster: ClusterSession) -> str:
-    """Apply the chart's ServiceAccount and RBAC as helm renders them; return a token of it."""
-    rendered = subprocess.run(
-        [str(cluster.binaries.helm), "template", RELEASE, str(CHART), "--namespace", NAMESPACE,
-         "--kube-version", "1.37.2",
-         "--show-only", "templates/serviceaccount.yaml", "--show-only", "templates/rbac.yaml"],
-        capture_output=True, text=True, check=True, env=cluster.env,
-    ).stdout  # fmt: skip
-    cluster.kubectl("create", "namespace", NAMESPACE, check=False)
-    cluster.kubectl("apply", "-f", "-", stdin=rendered)
+def install_chart(cluster: ClusterSession) -> str:
+    """`helm install` the chart (replicas=0: the operator runs here, from source, instead of
+    its image); return a token of the ServiceAccount the chart made."""
+    installed = subprocess.run(
+        [str(cluster.binaries.helm), "upgrade", "--install", RELEASE, str(CHART),
+         "--namespace", NAMESPACE, "--create-namespace", "--set", "replicas=0", "--wait"],
+        capture_output=True, text=True, env=cluster.env, timeout=180,
+    )  # fmt: skip
+    if installed.returncode != 0:
+        raise RuntimeError(f"helm install failed: {installed.stderr}")
     token = cluster.kubectl("create", "token", RELEASE, "-n", NAMESPACE, "--duration=4h")
     return token.stdout.strip()
 

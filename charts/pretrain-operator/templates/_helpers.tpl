@@ -7,9 +7,52 @@
 {{- end -}}
 
 {{- define "pretrain-operator.labels" -}}
-app.kubernetes.io/name: pretrain-operator
-app.kubernetes.io/instance: {{ .Release.Name }}
+{{ include "pretrain-operator.selectorLabels" . }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{- define "pretrain-operator.selectorLabels" -}}
+app.kubernetes.io/name: pretrain-operator
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{/* Everything the operator calls inside the namespaces it watches (tests run it with exactly
+these rules, as the chart's ServiceAccount). */}}
+{{- define "pretrain-operator.jobRules" -}}
+# The jobs: watched, annotated by kopf (its bookkeeping), deleted after ttlSecondsAfterFinished.
+- apiGroups: ["pretrain.dev"]
+  resources: ["pretrainjobs", "finetunejobs"]
+  verbs: ["get", "list", "watch", "patch", "delete"]
+- apiGroups: ["pretrain.dev"]
+  resources: ["pretrainjobs/status", "finetunejobs/status"]
+  verbs: ["get", "patch"]
+# Node and rendezvous pods: watched through an index, created and replaced.
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["get", "list", "watch", "create", "delete"]
+# The config ConfigMap (patched when the spec changes) and the Services.
+- apiGroups: [""]
+  resources: ["configmaps"]
+  verbs: ["create", "patch"]
+- apiGroups: [""]
+  resources: ["services"]
+  verbs: ["create"]
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["create"]
+- apiGroups: ["policy"]
+  resources: ["poddisruptionbudgets"]
+  verbs: ["create"]
+- apiGroups: ["scheduling.x-k8s.io"]
+  resources: ["podgroups"]
+  verbs: ["create"]
+{{- end -}}
+
+{{/* Cluster-scoped in any mode: kopf discovers which resources exist as CRDs come and go. */}}
+{{- define "pretrain-operator.discoveryRules" -}}
+- apiGroups: ["apiextensions.k8s.io"]
+  resources: ["customresourcedefinitions"]
+  verbs: ["list", "watch"]
 {{- end -}}

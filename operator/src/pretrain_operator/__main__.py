@@ -10,6 +10,7 @@ import argparse
 import logging
 import sys
 
+from pretrain_operator import __version__
 from pretrain_operator.controller import SETTINGS
 
 
@@ -31,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         help="reconcile every job at least this often",
     )
     parser.add_argument("--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     args = parser.parse_args(argv)
 
     SETTINGS.trainer_image = args.trainer_image

@@ -1,0 +1,200 @@
+"""The Helm chart on the real API server: it lints, its output is accepted with the monitors on
+and off (the real prometheus-operator CRDs judge the monitoring objects), its values schema
+refuses bad values naming them, its pod template passes the `restricted` profile, and a
+`helm install` followed by the operator running with the installed ServiceAccount's token
+reconciles a job in a restricted namespace."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from devcluster.nodes import NodePool, NodeShape
+from devcluster.session import ClusterSession
+from devcluster.waiting import wait_until
+from monitoring_crds import prometheus_operator_crds
+from operator_process import CHART, NAMESPACE, RELEASE, OperatorProcess
+
+pytestmark = pytest.mark.cluster
+
+MONITORS_ON = [
+    "--set", "serviceMonitor.enabled=true", "--set", "podMonitor.enabled=true",
+    "--set", "prometheusRule.enabled=true",
+]  # fmt: skip
+MONITORING_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
+
+
+def helm(cluster: ClusterSession, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(cluster.binaries.helm), *args], env=cluster.env,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+
+
+def render(cluster: ClusterSession, namespace: str, *values: str) -> str:
+    rendered = helm(cluster, "template", RELEASE, str(CHART), "--namespace", namespace,
+                    "--kube-version", "1.37.2", *values)  # fmt: skip
+    assert rendered.returncode == 0, rendered.stderr
+    return rendered.stdout
+
+
+def kinds(manifests: str) -> list[str]:
+    return [doc["kind"] for doc in yaml.safe_load_all(manifests) if doc]
+
+
+@pytest.fixture(scope="module")
+def monitoring_crds(cluster: ClusterSession) -> None:
+    directory = prometheus_operator_crds()
+    for name in ("servicemonitors", "podmonitors", "prometheusrules"):
+        path = directory / f"monitoring.coreos.com_{name}.yaml"
+        cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(path))
+        cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
+                        f"crd/{name}.monitoring.coreos.com")  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "values", [[], MONITORS_ON, ["--set", "watchNamespaces={a,b}", "--set", "replicas=0"]]
+)
+def test_helm_lint_passes(cluster: ClusterSession, values: list[str]) -> None:
+    linted = helm(cluster, "lint", "--strict", str(CHART), *values)
+    assert linted.returncode == 0, linted.stdout + linted.stderr
+
+
+@pytest.mark.usefixtures("crds", "monitoring_crds")
+@pytest.mark.parametrize(
+    ("values", "monitoring"),
+    [([], set()), (MONITORS_ON, MONITORING_KINDS),
+     ([*MONITORS_ON, "--set", "watchNamespaces={default,kube-public}"], MONITORING_KINDS)],
+    ids=["monitors-off", "monitors-on", "namespaced"],
+)  # fmt: skip
+def test_the_api_server_accepts_the_rendered_chart(
+    cluster: ClusterSession, namespace: str, values: list[str], monitoring: set[str]
+) -> None:
+    manifests = render(cluster, namespace, *values)
+    rendered = kinds(manifests)
+    assert MONITORING_KINDS & set(rendered) == monitoring
+    assert {"Deployment", "Service", "ServiceAccount", "ConfigMap"} <= set(rendered)
+    assert kinds(manifests).count("ConfigMap") == 3  # the dashboards
+    applied = cluster.kubectl("apply", "--dry-run=server", "-f", "-", stdin=manifests,
+                              check=False)  # fmt: skip
+    assert applied.returncode == 0, applied.stderr
+    assert applied.stdout.count("(server dry run)") == len(rendered)
+
+
+@pytest.mark.usefixtures("crds")
+def test_the_operator_pod_passes_the_restricted_profile(
+    cluster: ClusterSession, namespace: str
+) -> None:
+    """PodSecurity judges pods, not Deployments: create the Deployment's pod, dry run, in a
+    namespace that enforces `restricted`."""
+    manifests = render(cluster, namespace)
+    deployment = next(d for d in yaml.safe_load_all(manifests) if d and d["kind"] == "Deployment")
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    template = deployment["spec"]["template"]
+    container = template["spec"]["containers"][0]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    pod = {"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"name": "operator-probe", **template["metadata"]},
+           "spec": {**template["spec"], "serviceAccountName": "default"}}  # fmt: skip
+    created = cluster.kubectl("create", "--dry-run=server", "-n", namespace, "-f", "-",
+                              stdin=yaml.safe_dump(pod), check=False)  # fmt: skip
+    assert created.returncode == 0, created.stderr
+    loosened: dict[str, Any] = yaml.safe_load(yaml.safe_dump(pod))
+    del loosened["spec"]["containers"][0]["securityContext"]["capabilities"]
+    refused = cluster.kubectl("create", "--dry-run=server", "-n", namespace, "-f", "-",
+                              stdin=yaml.safe_dump(loosened), check=False)  # fmt: skip
+    assert "violates PodSecurity" in refused.stderr  # the check above can fail
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [("replicas=two", "at '/replicas': got string, want integer"),
+     ("replicas=2", "at '/replicas': value must be one of 0, 1"),
+     ("metrics.port=http", "at '/metrics/port': got string, want integer"),
+     ("serviceMonitor.enable=true",
+      "at '/serviceMonitor': additional properties 'enable' not allowed"),
+     ("podMonitor.interval=often", "at '/podMonitor/interval'")],
+)  # fmt: skip
+def test_the_values_schema_refuses_bad_values_naming_them(
+    cluster: ClusterSession, value: str, message: str
+) -> None:
+    rendered = helm(cluster, "template", RELEASE, str(CHART), "--kube-version", "1.37.2",
+                    "--set", value)  # fmt: skip
+    assert rendered.returncode != 0
+    assert message in rendered.stderr
+
+
+@pytest.mark.usefixtures("crds")
+def test_helm_install_then_the_operator_as_its_service_account_runs_a_job(
+    cluster: ClusterSession, operator: OperatorProcess, namespace: str,
+    node_pool: NodePool, tmp_path: Path,
+) -> None:  # fmt: skip
+    listed = helm(cluster, "status", RELEASE, "-n", NAMESPACE, "-o", "yaml")
+    assert listed.returncode == 0, listed.stderr
+    status = yaml.safe_load(listed.stdout)
+    assert status["info"]["status"] == "deployed"
+    assert "kubectl get ptj" in status["info"]["notes"]
+    whoami = cluster.kubectl("auth", "whoami", "--kubeconfig", str(operator.kubeconfig),
+                             "-o", "jsonpath={.status.userInfo.username}")  # fmt: skip
+    assert whoami.stdout == f"system:serviceaccount:{NAMESPACE}:{RELEASE}"
+
+    node_pool.add(NodeShape(gpus=8))
+    job = {
+        "apiVersion": "pretrain.dev/v1alpha1", "kind": "PretrainJob",
+        "metadata": {"name": "charted", "namespace": namespace},
+        "spec": {
+            "objective": {"type": "CausalLM"}, "model": {"family": "gpt", "size": "tiny"},
+            "data": {"sources": [{"uri": "file:///data/corpus.jsonl"}]},
+            "training": {"globalBatchSize": 64, "microBatchSize": 8, "maxSteps": 1000},
+            "replicas": {"min": 1, "max": 1},
+            "resources": {"accelerator": {"type": "nvidia.com/gpu", "count": 8}},
+            "template": {"nodeSelector": node_pool.selector},
+        },
+    }  # fmt: skip
+    cluster.kubectl("apply", "-f", "-", stdin=yaml.safe_dump(job))
+
+    def running() -> bool:
+        phase = cluster.kubectl("get", "ptj", "charted", "-n", namespace,
+                                "-o", "jsonpath={.status.phase}").stdout  # fmt: skip
+        return phase == "Running"
+
+    wait_until(running, "PretrainJob charted Running", timeout=90)
+    pods = cluster.core.list_namespaced_pod(namespace).items
+    assert {p.metadata.name for p in pods} >= {"charted-node-0", "charted-rdzv"}
+    assert all(p.status.phase == "Running" for p in pods)
+
+
+@pytest.mark.usefixtures("crds")
+def test_namespaced_mode_grants_the_job_rules_in_the_watched_namespace_only(
+    cluster: ClusterSession, namespace: str
+) -> None:
+    """The Role holds the same rules the cluster-wide operator runs with (one template); here:
+    bound in the watched namespace, nowhere else, plus cluster-wide CRD discovery for kopf."""
+    watched = f"watchNamespaces={{{namespace}}}"
+    installed = helm(cluster, "install", "scoped", str(CHART), "-n", namespace, "--wait",
+                     "--set", watched, "--set", "replicas=0")  # fmt: skip
+    assert installed.returncode == 0, installed.stderr
+    try:
+        account = f"system:serviceaccount:{namespace}:scoped"
+
+        def can(*args: str) -> bool:
+            answer = cluster.kubectl("auth", "can-i", *args, f"--as={account}", check=False)
+            return answer.stdout.strip() == "yes"
+
+        args = "jsonpath={.spec.template.spec.containers[0].args}"
+        deployment = cluster.kubectl("get", "deployment", "scoped", "-n", namespace, "-o", args)
+        assert f"--namespace={namespace}" in deployment.stdout
+        for verb, resource in [("watch", "pretrainjobs.pretrain.dev"),
+                               ("patch", "finetunejobs.pretrain.dev/status"),
+                               ("create", "pods"), ("delete", "pods"), ("create", "services"),
+                               ("patch", "configmaps"), ("create", "events")]:  # fmt: skip
+            assert can(verb, resource, "-n", namespace), f"{verb} {resource}"
+            assert not can(verb, resource, "-n", "default"), f"{verb} {resource} elsewhere"
+        assert can("watch", "customresourcedefinitions.apiextensions.k8s.io")
+        assert not can("list", "secrets", "-n", namespace)
+    finally:
+        helm(cluster, "uninstall", "scoped", "-n", namespace, "--wait")
