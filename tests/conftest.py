@@ -3,6 +3,7 @@ and simulated (kwok) GPU/TPU nodes on demand."""
 
 from __future__ import annotations
 
+import os
 import re
 import secrets
 from collections.abc import Callable, Iterator
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 from kubernetes.client.exceptions import ApiException
 
+from devcluster.localnode.pool import LocalNodePool
 from devcluster.nodes import NodePool
 from devcluster.session import ClusterSession, open_session
 from devcluster.waiting import wait_until
@@ -51,6 +53,19 @@ def node_pool(cluster: ClusterSession) -> Iterator[NodePool]:
     pool = NodePool(cluster.core)
     yield pool
     pool.delete()
+
+
+@pytest.fixture
+def local_nodes(
+    cluster: ClusterSession, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LocalNodePool]:
+    """Local nodes that really run pods (none until `add()`), stopped and deleted afterwards.
+    They need root: each pod gets network and mount namespaces of its own."""
+    if os.geteuid() != 0:
+        pytest.skip("local nodes need root (network and mount namespaces per pod)")
+    pool = LocalNodePool(cluster.kubeconfig, tmp_path_factory.mktemp("local-nodes"), cluster.core)
+    yield pool
+    pool.close()
 
 
 def _exists(read: Callable[[], object]) -> bool:
