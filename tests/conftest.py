@@ -1,22 +1,29 @@
 """Shared fixtures: one real cluster per test session, a fresh restricted namespace per test,
-and simulated (kwok) GPU/TPU nodes on demand."""
+simulated (kwok) GPU/TPU nodes and local nodes that really run pods on demand, and the tiny
+job of the end-to-end tests with its corpus and its reference run."""
 
 from __future__ import annotations
 
 import os
 import re
 import secrets
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 from kubernetes.client.exceptions import ApiException
 
 from devcluster.localnode.pool import LocalNodePool
 from devcluster.nodes import NodePool
 from devcluster.session import ClusterSession, open_session
+from devcluster.volumes import create_bound_claim
 from devcluster.waiting import wait_until
+from e2e_support import job_manifest
 from operator_process import OperatorProcess, install_chart_rbac, token_kubeconfig
+from pretrain_trainer.corpus import build_text_corpus
 
 RESTRICTED_LABELS = {
     "pod-security.kubernetes.io/enforce": "restricted",
@@ -103,3 +110,38 @@ def operator(
     process.start()
     yield process
     process.stop()
+
+
+# ---- end to end: the tiny job of e2e_support, its corpus and its reference run ------------
+
+
+@pytest.fixture(scope="session")
+def corpus_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The claims' directories: corpus/ holds the bundled corpus."""
+    root = tmp_path_factory.mktemp("pvc")
+    build_text_corpus(root / "corpus")
+    return root
+
+
+@pytest.fixture(scope="session")
+def reference(corpus_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`pretrain run` of the same spec on this machine: the run every cluster run must match."""
+    directory = tmp_path_factory.mktemp("reference")
+    manifest = directory / "job.yaml"
+    manifest.write_text(yaml.safe_dump(job_manifest("tiny", {})))
+    subprocess.run(
+        [sys.executable, "-m", "pretrain_trainer", "run", "-f", str(manifest), "--quiet",
+         "--output", str(directory / "run"), "--pvc-root", str(corpus_root)],
+        check=True, timeout=600,
+    )  # fmt: skip
+    return directory / "run"
+
+
+@pytest.fixture
+def checkpoints(cluster: ClusterSession, namespace: str, corpus_root: Path, tmp_path: Path) -> Path:
+    """Claims `corpus` (the bundled corpus) and `checkpoints` (a fresh directory, returned)."""
+    create_bound_claim(cluster.core, namespace, "corpus", str(corpus_root / "corpus"))
+    directory = tmp_path / "checkpoints"
+    directory.mkdir()
+    create_bound_claim(cluster.core, namespace, "checkpoints", str(directory))
+    return directory

@@ -246,6 +246,10 @@ class LocalNode:
         terminated and reported Failed, then the agent leaves."""
         log.info("node %s shutting down", self.cfg.name)
         try:
+            # Cordoned as well, as a drain would: nothing new lands here while pods leave.
+            self.core.patch_node(
+                self.cfg.name, {"spec": {"unschedulable": True}}, _content_type=STRATEGIC
+            )
             conditions = node_conditions(False, "KubeletNotReady", "node is shutting down")
             self.core.patch_node_status(
                 self.cfg.name, {"status": {"conditions": conditions}}, _content_type=STRATEGIC

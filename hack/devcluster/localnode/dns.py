@@ -19,6 +19,14 @@ CLUSTER_DOMAIN = "cluster.local"
 LOCALHOST = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback"]
 
 
+def resolv_conf(namespace: str, domain: str = CLUSTER_DOMAIN) -> str:
+    """Names resolve through the hosts file alone. The host's nameserver is unreachable from a
+    pod's network namespace (every lookup of an unknown name would wait for its timeout), so
+    the resolver asks the pod's own loopback, which refuses at once."""
+    search = f"{namespace}.svc.{domain} svc.{domain} {domain}"
+    return f"nameserver 127.0.0.1\nsearch {search}\noptions ndots:1 timeout:1 attempts:1\n"
+
+
 def _live(pod: Manifest) -> bool:
     status = pod.get("status") or {}
     return (

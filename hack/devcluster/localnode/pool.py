@@ -44,8 +44,7 @@ class LocalNodePool:
             self.processes[node] = subprocess.Popen(
                 [sys.executable, "-m", "devcluster.localnode", f"--kubeconfig={self.kubeconfig}",
                  f"--name={node}", f"--state-dir={self.directory / node}", f"--cpu={cpu}",
-                 f"--memory={memory}", f"--label={NODE_POOL_LABEL}={self.name}",
-                 "--delete-node-on-exit"],
+                 f"--memory={memory}", f"--label={NODE_POOL_LABEL}={self.name}"],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True,
             )  # fmt: skip
@@ -62,7 +61,8 @@ class LocalNodePool:
             return False
 
     def stop(self, node: str, timeout: float = 90.0) -> None:
-        """Graceful node shutdown: its pods are terminated and reported Failed."""
+        """Graceful node shutdown: its pods are terminated and reported Failed; the Node stays,
+        NotReady and cordoned (`close` deletes it)."""
         process = self.processes.pop(node)
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)

@@ -22,7 +22,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from devcluster.localnode import network, podspec, podstatus
+from devcluster.localnode import dns, network, podspec, podstatus
 from devcluster.localnode.podstatus import ContainerState, Terminated
 
 Manifest = dict[str, Any]
@@ -162,10 +162,13 @@ class PodRuntime:
         directory = self.directory / "containers" / container.name
         directory.mkdir(parents=True, exist_ok=True)
         spec = directory / "sandbox.json"
+        resolv_conf = self.directory / "resolv.conf"
+        resolv_conf.write_text(dns.resolv_conf(self.namespace))
         document = {
             **asdict(process),
             "hostname": self._hostname(),
-            "hosts_file": str(self.hosts_file),
+            "hosts": str(self.hosts_file),
+            "resolv.conf": str(resolv_conf),
         }
         spec.write_text(json.dumps(document))
         log_file = self.directory / "logs" / container.name / f"{container.restart_count}.log"

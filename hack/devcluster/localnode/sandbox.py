@@ -45,8 +45,9 @@ def _mount_point(target: Path, is_file: bool) -> None:
 def main(argv: list[str]) -> int:
     spec = json.loads(Path(argv[1]).read_text())
     mounts = list(spec["mounts"])
-    if spec.get("hosts_file"):
-        mounts.append({"source": spec["hosts_file"], "target": "/etc/hosts", "read_only": True})
+    for name in ("hosts", "resolv.conf"):
+        if spec.get(name):
+            mounts.append({"source": spec[name], "target": f"/etc/{name}", "read_only": True})
     sources = [os.open(m["source"], os.O_PATH) if m["source"] else -1 for m in mounts]
     for mount, fd in zip(mounts, sources, strict=True):
         target = Path(mount["target"])
