@@ -6,6 +6,7 @@ does: the Node turns NotReady and its pods are terminated and reported Failed.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import logging
 import os
@@ -326,7 +327,13 @@ class LocalNode:
         runtime.start()
 
     def _lost(self, pod: Manifest) -> None:
-        """A pod this node ran before the agent restarted: its processes died with the agent."""
+        """A pod this node ran before the agent restarted: what is left of it is killed (a
+        SIGKILLed agent leaves its pods' processes behind) and it is reported lost."""
+        uid = pod["metadata"]["uid"]
+        for pid in network.namespace_pids(uid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        network.delete_pod_namespace(uid)
         statuses = [
             {
                 "name": c["name"],

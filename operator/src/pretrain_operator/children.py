@@ -249,6 +249,11 @@ def node_pod(job: Job, index: int) -> Manifest:
          "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
         {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
         {"name": "HOME", "value": "/tmp"},
+        # torchrun shares rank 0's TCPStore with the workers and publishes its address only in
+        # the first rendezvous round an agent takes part in: a pod that replaces a lost one
+        # joins a later round, waits for MASTER_ADDR that never comes, and the job stalls.
+        # Without the sharing, rank 0 publishes it in every round (torch 2.15, seen end to end).
+        {"name": "TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "value": "1"},
     ]  # fmt: skip
     if job.base_checkpoint:
         env.append({"name": "PRETRAIN_BASE_CHECKPOINT", "value": job.base_checkpoint})
