@@ -42,6 +42,7 @@ RESTRICTED = {
 }
 GROUP, VERSION = "pretrain.dev", "v1alpha1"
 PLURALS = {"PretrainJob": "pretrainjobs", "FinetuneJob": "finetunejobs"}
+SHORT_NAMES = {"PretrainJob": "ptj", "FinetuneJob": "ftj"}
 FINISHED = {"Succeeded", "Failed"}
 
 
@@ -183,9 +184,9 @@ class Demo:
     ) -> list[JobView]:
         api = client.CustomObjectsApi(session.api)
         progress = Progress(
-            TextColumn("[bold]{task.fields[name]:<22}"),
+            TextColumn("[bold]{task.fields[name]}"),
             TextColumn("{task.fields[phase]:<10}"),
-            BarColumn(),
+            BarColumn(bar_width=16),
             TextColumn("step {task.completed:>4.0f}/{task.total:<4.0f}"),
             TextColumn("loss {task.fields[loss]:>6}"),
             TextColumn("{task.fields[speed]:>7} tok/s"),
@@ -196,7 +197,7 @@ class Demo:
             m["metadata"]["name"]: progress.add_task(
                 "",
                 total=m["spec"]["training"].get("maxSteps"),
-                name=f"{m['kind']}/{m['metadata']['name']}",
+                name=f"{SHORT_NAMES[m['kind']]}/{m['metadata']['name']}",
                 phase="Pending",
                 loss="-",
                 speed="-",
