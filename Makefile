@@ -15,8 +15,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 CLUSTER_DIR := .cluster
 PYTEST_ARGS ?=
-# Debian packages later stages need (Prometheus for the metrics tests, buildah for `make image`).
-DEBIAN_PACKAGES := prometheus buildah
+# Debian packages later stages need (Prometheus for the metrics tests, buildah for `make image`,
+# iproute2 for the local nodes' pod network namespaces).
+DEBIAN_PACKAGES := prometheus buildah iproute2
 
 .PHONY: help
 help: ## list the targets

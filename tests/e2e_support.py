@@ -27,23 +27,39 @@ def job_manifest(name: str, node_selector: dict[str, str], **spec: Any) -> dict[
             "objective": {"type": "MaskedLM"},
             "model": {"family": "bert", "size": "tiny"},
             "tokenizer": {"type": "Byte"},
-            "data": {"sources": [{"uri": "pvc://corpus/python-docs.jsonl"}],
-                     "sequenceLength": 32, "validationFraction": 0.05},
-            "training": {"globalBatchSize": 12, "microBatchSize": 2, "maxSteps": MAX_STEPS,
-                         "precision": "fp32", "optimizer": {"learningRate": 1.0e-3}, "seed": 7},
-            "checkpoint": {"storage": {"persistentVolumeClaim": "checkpoints"},
-                           "everySteps": CHECKPOINT_EVERY},
+            "data": {
+                "sources": [{"uri": "pvc://corpus/python-docs.jsonl"}],
+                "sequenceLength": 32,
+                "validationFraction": 0.05,
+            },
+            "training": {
+                "globalBatchSize": 12,
+                "microBatchSize": 2,
+                "maxSteps": MAX_STEPS,
+                "precision": "fp32",
+                "optimizer": {"learningRate": 1.0e-3},
+                "seed": 7,
+            },
+            "checkpoint": {
+                "storage": {"persistentVolumeClaim": "checkpoints"},
+                "everySteps": CHECKPOINT_EVERY,
+            },
             "replicas": {"min": 2, "max": 3},
             "resources": {"cpu": "1", "memory": "1Gi"},
             "template": {
                 "nodeSelector": node_selector,
-                "volumes": [{"name": "corpus",
-                             "persistentVolumeClaim": {"claimName": "corpus", "readOnly": True}}],
-                "volumeMounts": [{"name": "corpus", "mountPath": "/mnt/pvc/corpus",
-                                  "readOnly": True}],
+                "volumes": [
+                    {
+                        "name": "corpus",
+                        "persistentVolumeClaim": {"claimName": "corpus", "readOnly": True},
+                    }
+                ],
+                "volumeMounts": [
+                    {"name": "corpus", "mountPath": "/mnt/pvc/corpus", "readOnly": True}
+                ],
             },
         },
-    }  # fmt: skip
+    }
     manifest["spec"].update(spec)
     return manifest
 
@@ -87,18 +103,31 @@ class JobRun:
             assert status.get("phase") != "Failed", f"the job failed: {status}"
             return status if status.get("phase") == phase else None
 
-        return wait_until(reached, f"PretrainJob {self.name} {phase}", timeout=timeout,
-                          interval=1.0)  # fmt: skip
+        return wait_until(
+            reached, f"PretrainJob {self.name} {phase}", timeout=timeout, interval=1.0
+        )
 
     def wait_step(self, step: int, timeout: float = 300) -> None:
-        wait_until(lambda: max(step_losses(self.records), default=0) >= step,
-                   f"step {step} in metrics.jsonl", timeout=timeout, interval=0.2)  # fmt: skip
+        wait_until(
+            lambda: max(step_losses(self.records), default=0) >= step,
+            f"step {step} in metrics.jsonl",
+            timeout=timeout,
+            interval=0.2,
+        )
 
-    def seconds_to_next_step(self, timeout: float = 300) -> float:
-        """From now (a fault) until the trainer completes a step again."""
-        started, seen = time.monotonic(), len(self.records)
-        wait_until(lambda: any("loss" in r for r in self.records[seen:]),
-                   "a step completed after the fault", timeout=timeout, interval=0.2)  # fmt: skip
+    def mark(self) -> tuple[float, int]:
+        """Now, and how many records metrics.jsonl holds: where a fault starts."""
+        return time.monotonic(), len(self.records)
+
+    def seconds_to_next_step(self, mark: tuple[float, int], timeout: float = 300) -> float:
+        """From `mark` (a fault) until the trainer completes a step again."""
+        started, seen = mark
+        wait_until(
+            lambda: any("loss" in r for r in self.records[seen:]),
+            "a step completed after the fault",
+            timeout=timeout,
+            interval=0.2,
+        )
         return time.monotonic() - started
 
     def pods(self) -> list[dict[str, Any]]:

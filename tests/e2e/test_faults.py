@@ -51,8 +51,9 @@ def running_node_pods(run: JobRun) -> list[dict[str, Any]]:
 def survive(run: JobRun, fault: str, after_step: int, inject: Any) -> None:
     """Wait for `after_step` (a checkpoint exists by then), inject, time the next step."""
     run.wait_step(after_step)
+    mark = run.mark()
     inject()
-    seconds = run.seconds_to_next_step()
+    seconds = run.seconds_to_next_step(mark)
     print(f"{fault}: {seconds:.1f}s from the fault to the next completed step")
 
 
@@ -70,19 +71,19 @@ def test_a_killed_node_pod_a_killed_rendezvous_and_a_stopped_node(
     # The running group does not use the store between rendezvous rounds, so steps go on; the
     # agents lose it at their next keep-alive and every node pod is replaced.
     run.wait_step(2 * CHECKPOINT_EVERY + 1)
-    before, started = run.status().get("restarts", 0), time.monotonic()
+    before, fault = run.status().get("restarts", 0), run.mark()
     kill_pod(run, "tiny-rdzv")
-    first = run.seconds_to_next_step()
+    first = run.seconds_to_next_step(fault)
     wait_until(
         lambda: run.status().get("restarts", 0) > before or run.status()["phase"] == "Succeeded",
         "the agents to lose the store",
         timeout=180,
     )
     if run.status()["phase"] != "Succeeded":
-        run.seconds_to_next_step()
+        run.seconds_to_next_step(run.mark())
         print(
             f"rendezvous pod killed: {first:.1f}s to the next step, "
-            f"{time.monotonic() - started:.1f}s to the first step after the pods it took down"
+            f"{time.monotonic() - fault[0]:.1f}s to the first step after the pods it took down"
         )
     else:
         print(f"rendezvous pod killed: {first:.1f}s to the next step; it took no pod down")
