@@ -33,7 +33,7 @@ from e2e_support import (
     step_losses,
 )
 
-pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("operator")]
+pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.usefixtures("operator")]
 
 
 def start_job(cluster: ClusterSession, namespace: str, nodes: LocalNodePool, checkpoints: Path,
