@@ -130,12 +130,12 @@ def test_a_failing_container_restarts_under_on_failure_and_logs_of_the_previous_
 ) -> None:
     node = local_nodes.add()
     # Fails twice, then succeeds: the count lives in an emptyDir, which survives restarts.
-    script = ("n=$(cat /work/n 2>/dev/null || echo 0); echo run $n; echo $((n+1)) > /work/n; "
+    script = ("n=$(cat /scratch/n 2>/dev/null || echo 0); echo run $n; echo $((n+1)) > /scratch/n; "
               "[ $n -ge 2 ]")  # fmt: skip
     cluster.core.create_namespaced_pod(namespace, pod(
         "flaky", node, ["sh", "-c", script], restartPolicy="OnFailure",
         volumes=[{"name": "work", "emptyDir": {}}],
-        container={"volumeMounts": [{"name": "work", "mountPath": "/work"}]},
+        container={"volumeMounts": [{"name": "work", "mountPath": "/scratch"}]},
     ))  # fmt: skip
     wait_until(lambda: phase(cluster, namespace, "flaky") == "Succeeded", "success on the 3rd run",
                timeout=60)  # fmt: skip
