@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -82,6 +83,15 @@ def job_view(body: dict[str, Any]) -> JobView:
         tokens_per_second=progress.get("tokensPerSecond"),
         evaluation=dict((status.get("evaluation") or {}).get("metrics") or {}),
     )
+
+
+def last_loss(metrics: Path) -> float | None:
+    """The training loss of the last step in a trainer's metrics.jsonl, if any."""
+    if not metrics.exists():
+        return None
+    records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    losses = [float(r["loss"]) for r in records if "loss" in r]
+    return losses[-1] if losses else None
 
 
 class Demo:
@@ -234,11 +244,15 @@ class Demo:
     def _summary(self, views: list[JobView]) -> None:
         for view in views:
             colour = "green" if view.phase == "Succeeded" else "red"
-            line = f"[{colour}]{view.kind}/{view.name}: {view.phase}[/]  loss {view.loss_text}"
+            artifacts = self.data / "checkpoints" / view.name
+            # The status shows the last loss the operator scraped; the trainer's own record of
+            # the last step is in metrics.jsonl beside the model.
+            loss = last_loss(artifacts / "metrics.jsonl")
+            loss_text = f"{loss:.3f}" if loss is not None else view.loss_text
+            line = f"[{colour}]{view.kind}/{view.name}: {view.phase}[/]  final loss {loss_text}"
             if view.evaluation:
                 line += "  " + ", ".join(f"{k} {v:.3f}" for k, v in view.evaluation.items())
             self.console.print(line)
-            artifacts = self.data / "checkpoints" / view.name
             if view.phase == "Succeeded":
                 self.console.print(f"  model: {artifacts / 'model'}  (Hugging Face format)")
                 self.console.print(f"  checkpoints and metrics.jsonl: {artifacts}")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from devcluster.demo import DEMO_JOBS, job_view
+from devcluster.demo import DEMO_JOBS, job_view, last_loss
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -26,6 +26,16 @@ def test_a_progress_bar_shows_phase_step_total_loss_and_speed() -> None:
     assert (view.loss_text, view.speed_text) == ("5.432", "1,234")
     fresh = job_view({"kind": "FinetuneJob", "metadata": {"name": "f"}, "spec": {}})
     assert (fresh.phase, fresh.step, fresh.loss_text, fresh.speed_text) == ("Pending", 0, "-", "-")
+
+
+def test_the_summary_takes_the_last_step_loss_from_metrics_jsonl(tmp_path: Path) -> None:
+    metrics = tmp_path / "metrics.jsonl"
+    assert last_loss(metrics) is None
+    metrics.write_text(
+        '{"step": 1, "loss": 2.5}\n{"step": 1, "eval": {"loss": 2.0}}\n'
+        '{"step": 2, "loss": 2.25}\n{"step": 2, "eval": {"loss": 1.5}}\n'
+    )
+    assert last_loss(metrics) == 2.25
 
 
 def test_the_demo_jobs_are_examples_that_mount_the_corpus_claim_they_read() -> None:
