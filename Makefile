@@ -15,9 +15,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 CLUSTER_DIR := .cluster
 PYTEST_ARGS ?=
-# Debian packages the tests and `make image` need: Prometheus (promtool too), buildah, and debootstrap
-# (the base image, where no registry can be pulled from).
-DEBIAN_PACKAGES := prometheus buildah debootstrap
+# Debian packages the tests, `make image` and the local nodes need: Prometheus (promtool too),
+# buildah and debootstrap (the base image, where no registry can be pulled from), iproute2 (the
+# local nodes' pod network namespaces).
+DEBIAN_PACKAGES := prometheus buildah debootstrap iproute2
 
 .PHONY: help
 help: ## list the targets
@@ -86,6 +87,12 @@ bench: venv tools ## benchmarks, each against its baseline in the same run (BENC
 image: debian ## build the operator and trainer images (docker, else buildah; IMAGES="operator" for one)
 	hack/build-images.sh $(IMAGES)
 
+# ---- the whole system on this machine ------------------------------------------------------
+
+.PHONY: demo
+demo: deps ## the whole system here: control plane, operator, 2 local nodes, the demo jobs (root)
+	$(PY) -m devcluster.demo --dir .demo
+
 # ---- generated files and running from source --------------------------------------------
 
 .PHONY: manifests
@@ -96,12 +103,6 @@ manifests: venv ## regenerate crds/, the chart's CRDs, dashboards and rules, and
 run: venv ## run the operator from source against the current KUBECONFIG
 	$(PY) -m pretrain_operator $(RUN_ARGS)
 
-# ---- targets whose issues have not landed yet -------------------------------------------
-
-.PHONY: demo
-demo: ## the whole system on this machine (not yet: the end-to-end issue builds it)
-	@echo "make demo: not yet - it arrives with the end-to-end issue (local nodes, operator, trainer)." >&2; exit 2
-
 .PHONY: clean
 clean: cluster-down ## remove local state (the caches outside the repository stay)
-	rm -rf $(VENV) $(CLUSTER_DIR) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(CLUSTER_DIR) .demo .mypy_cache .ruff_cache .pytest_cache

@@ -1,19 +1,27 @@
 """Shared fixtures: one real cluster per test session, a fresh restricted namespace per test,
-simulated (kwok) GPU/TPU nodes on demand, and the offline corpus as a volume for jobs."""
+simulated (kwok) GPU/TPU nodes and local nodes that really run pods on demand, the offline
+corpus as a volume for jobs, and the tiny job of the end-to-end tests with its reference run."""
 
 from __future__ import annotations
 
+import os
 import re
 import secrets
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 from kubernetes.client.exceptions import ApiException
 
+from devcluster.localnode.pool import LocalNodePool
 from devcluster.nodes import NodePool
 from devcluster.session import ClusterSession, open_session
+from devcluster.volumes import create_bound_claim
 from devcluster.waiting import wait_until
+from e2e_support import job_manifest
 from operator_process import OperatorProcess, install_chart, token_kubeconfig
 from pretrain_trainer.corpus import build_image_corpus, build_text_corpus
 
@@ -63,6 +71,19 @@ def node_pool(cluster: ClusterSession) -> Iterator[NodePool]:
     pool.delete()
 
 
+@pytest.fixture
+def local_nodes(
+    cluster: ClusterSession, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LocalNodePool]:
+    """Local nodes that really run pods (none until `add()`), stopped and deleted afterwards.
+    They need root: each pod gets network and mount namespaces of its own."""
+    if os.geteuid() != 0:
+        pytest.skip("local nodes need root (network and mount namespaces per pod)")
+    pool = LocalNodePool(cluster.kubeconfig, tmp_path_factory.mktemp("local-nodes"), cluster.core)
+    yield pool
+    pool.close()
+
+
 def _exists(read: Callable[[], object]) -> bool:
     try:
         read()
@@ -98,3 +119,30 @@ def operator(
     process.start()
     yield process
     process.stop()
+
+
+# ---- end to end: the tiny job of e2e_support, its corpus and its reference run ------------
+
+
+@pytest.fixture(scope="session")
+def reference(pvc_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`pretrain run` of the same spec on this machine: the run every cluster run must match."""
+    directory = tmp_path_factory.mktemp("reference")
+    manifest = directory / "job.yaml"
+    manifest.write_text(yaml.safe_dump(job_manifest("tiny", {})))
+    subprocess.run(
+        [sys.executable, "-m", "pretrain_trainer", "run", "-f", str(manifest), "--quiet",
+         "--output", str(directory / "run"), "--pvc-root", str(pvc_root)],
+        check=True, timeout=600,
+    )  # fmt: skip
+    return directory / "run"
+
+
+@pytest.fixture
+def checkpoints(cluster: ClusterSession, namespace: str, pvc_root: Path, tmp_path: Path) -> Path:
+    """Claims `corpus` (the bundled corpus) and `checkpoints` (a fresh directory, returned)."""
+    create_bound_claim(cluster.core, namespace, "corpus", str(pvc_root / "corpus"))
+    directory = tmp_path / "checkpoints"
+    directory.mkdir()
+    create_bound_claim(cluster.core, namespace, "checkpoints", str(directory))
+    return directory

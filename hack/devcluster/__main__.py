@@ -1,4 +1,5 @@
-"""`python -m devcluster {install,up,down,status,add-node}`: the local development cluster.
+"""`python -m devcluster {install,up,down,status,add-node,local-node}`: the local development
+cluster.
 
 `make cluster-up` / `make cluster-down` call this with `--dir .cluster`.
 """
@@ -32,6 +33,12 @@ def main(argv: list[str] | None = None) -> int:
     add_node.add_argument("name")
     add_node.add_argument("--gpus", type=int, default=8, help="nvidia.com/gpu capacity")
     add_node.add_argument("--tpu-chips", type=int, default=0, help="google.com/tpu capacity")
+    local_node = commands.add_parser(
+        "local-node", help="run a local node that really runs pods (root; in the foreground)"
+    )
+    local_node.add_argument("name")
+    local_node.add_argument("--cpu", default="4", help="advertised CPU capacity")
+    local_node.add_argument("--memory", default="8Gi", help="advertised memory")
     args = parser.parse_args(argv)
 
     if args.command == "install":
@@ -62,6 +69,19 @@ def main(argv: list[str] | None = None) -> int:
         create_node(client.CoreV1Api(api), args.name, shape)
         print(f"node/{args.name} created")
         return 0
+    if args.command == "local-node":
+        from devcluster.localnode import agent
+
+        state = Path(args.dir).resolve() / "nodes" / args.name
+        return agent.main(
+            [
+                f"--kubeconfig={cluster.kubeconfig}",
+                f"--name={args.name}",
+                f"--state-dir={state}",
+                f"--cpu={args.cpu}",
+                f"--memory={args.memory}",
+            ]
+        )
     raise AssertionError(args.command)
 
 

@@ -175,3 +175,15 @@ def create(directory: Path, service_ip: str) -> Pki:
         )
     )
     return pki
+
+
+def self_signed(cert: Path, key: Path, common_name: str, ip: str) -> None:
+    """A self-signed serving certificate for `ip` (a local node's kubelet API: the API server
+    verifies kubelets only when given --kubelet-certificate-authority, which ours is not)."""
+    private = ec.generate_private_key(ec.SECP256R1())
+    name = _name(common_name)
+    sans: list[x509.GeneralName] = [x509.IPAddress(ipaddress.ip_address(ip))]
+    issued = _issue(private, name, name, private, ExtendedKeyUsageOID.SERVER_AUTH, sans)
+    cert.parent.mkdir(parents=True, exist_ok=True)
+    _write(key, _key_pem(private))
+    cert.write_bytes(issued.public_bytes(serialization.Encoding.PEM))

@@ -1,0 +1,143 @@
+"""Faults a training job survives, each with nothing lost: every step trained, each with the
+loss of the fault-free `pretrain run`, and the same final model. For each fault the time from
+the fault to the next completed step is printed (run with -s to see it).
+
+Two jobs carry the five faults (each job start costs a minute on two cores): the worker faults
+(a node pod killed, the rendezvous pod killed, a whole local node stopped) and the control faults
+(the operator killed and restarted, suspend then resume).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_pretrain_job import assert_matches_reference, start_job
+
+from devcluster.localnode import network
+from devcluster.localnode.pool import LocalNodePool
+from devcluster.session import ClusterSession
+from devcluster.waiting import wait_until
+from e2e_support import CHECKPOINT_EVERY, JobRun
+from operator_process import OperatorProcess
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.usefixtures("operator")]
+
+
+def kill_pod(run: JobRun, name: str) -> None:
+    """SIGKILL every process of the pod: a crash, not a deletion (the pod turns Failed)."""
+    [pod] = [p for p in run.pods() if p["metadata"]["name"] == name]
+    pids = network.namespace_pids(pod["metadata"]["uid"])
+    assert pids, f"{name} runs no process"
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def running_node_pods(run: JobRun) -> list[dict[str, Any]]:
+    return [
+        p
+        for p in run.pods()
+        if p["metadata"]["labels"]["pretrain.dev/role"] == "node"
+        and p["status"].get("phase") == "Running"
+    ]
+
+
+def survive(run: JobRun, fault: str, after_step: int, inject: Any) -> None:
+    """Wait for `after_step` (a checkpoint exists by then), inject, and time the first step
+    completed once the fault has taken effect (a step in flight may still finish while a node
+    stops or a job suspends: it does not count)."""
+    run.wait_step(after_step)
+    started = time.monotonic()
+    inject()
+    injected = time.monotonic()
+    seconds = run.seconds_to_next_step((started, len(run.records)))
+    print(
+        f"{fault}: {seconds:.1f}s from the fault to the next completed step "
+        f"({started + seconds - injected:.1f}s after the fault took effect)"
+    )
+
+
+def test_a_killed_node_pod_a_killed_rendezvous_and_a_stopped_node(
+    cluster: ClusterSession,
+    namespace: str,
+    local_nodes: LocalNodePool,
+    checkpoints: Path,
+    reference: Path,
+) -> None:
+    nodes = [local_nodes.add(), local_nodes.add()]
+    run = start_job(cluster, namespace, local_nodes, checkpoints)
+
+    survive(run, "node pod killed", CHECKPOINT_EVERY + 1, lambda: kill_pod(run, "tiny-node-1"))
+    # The running group does not use the store between rendezvous rounds, so steps go on; the
+    # agents lose it at their next keep-alive and every node pod is replaced.
+    run.wait_step(2 * CHECKPOINT_EVERY + 1)
+    before, fault = run.status().get("restarts", 0), run.mark()
+    kill_pod(run, "tiny-rdzv")
+    first = run.seconds_to_next_step(fault)
+    wait_until(
+        lambda: run.status().get("restarts", 0) > before or run.status()["phase"] == "Succeeded",
+        "the agents to lose the store",
+        timeout=180,
+    )
+    if run.status()["phase"] != "Succeeded":
+        run.seconds_to_next_step(run.mark())
+        print(
+            f"rendezvous pod killed: {first:.1f}s to the next step, "
+            f"{time.monotonic() - fault[0]:.1f}s to the first step after the pods it took down"
+        )
+    else:
+        print(f"rendezvous pod killed: {first:.1f}s to the next step; it took no pod down")
+
+    step = max(r["step"] for r in run.records if "loss" in r)
+    busiest = max(nodes, key=lambda n: sum(p["spec"]["nodeName"] == n for p in run.pods()))
+    survive(run, f"local node {busiest} stopped", step + 1, lambda: local_nodes.stop(busiest))
+    moved = wait_until(
+        lambda: running_node_pods(run)[1:] and running_node_pods(run),
+        "two node pods running again",
+        timeout=120,
+    )
+    assert all(p["spec"]["nodeName"] != busiest for p in moved)
+
+    status = run.wait_phase("Succeeded", timeout=600)
+    assert status["restarts"] >= 2  # the killed pod and the pods of the stopped node at least
+    assert_matches_reference(run, reference)
+
+
+def test_the_operator_restarted_and_a_suspend_then_resume(
+    cluster: ClusterSession,
+    namespace: str,
+    local_nodes: LocalNodePool,
+    checkpoints: Path,
+    reference: Path,
+    operator: OperatorProcess,
+) -> None:
+    local_nodes.add()
+    local_nodes.add()
+    run = start_job(cluster, namespace, local_nodes, checkpoints)
+    survive(
+        run,
+        "operator killed and restarted",
+        CHECKPOINT_EVERY + 1,
+        lambda: operator.restart(kill=True),
+    )
+
+    def suspend_and_resume() -> None:
+        patch = '{"spec": {"suspend": %s}}'
+        cluster.kubectl(
+            "patch", "ptj", "tiny", "-n", namespace, "--type=merge", "-p", patch % "true"
+        )
+        run.wait_phase("Suspended", timeout=180)
+        wait_until(lambda: not run.pods() or None, "the suspended job's pods gone", timeout=180)
+        cluster.kubectl(
+            "patch", "ptj", "tiny", "-n", namespace, "--type=merge", "-p", patch % "false"
+        )
+
+    survive(run, "suspend, then resume", 2 * CHECKPOINT_EVERY + 1, suspend_and_resume)
+    run.wait_phase("Succeeded", timeout=600)
+    assert_matches_reference(run, reference)
