@@ -46,18 +46,8 @@ def job_manifest(name: str, node_selector: dict[str, str], **spec: Any) -> dict[
             },
             "replicas": {"min": 2, "max": 3},
             "resources": {"cpu": "1", "memory": "1Gi"},
-            "template": {
-                "nodeSelector": node_selector,
-                "volumes": [
-                    {
-                        "name": "corpus",
-                        "persistentVolumeClaim": {"claimName": "corpus", "readOnly": True},
-                    }
-                ],
-                "volumeMounts": [
-                    {"name": "corpus", "mountPath": "/mnt/pvc/corpus", "readOnly": True}
-                ],
-            },
+            # The operator mounts the claim `corpus` where pvc://corpus/... is read.
+            "template": {"nodeSelector": node_selector},
         },
     }
     manifest["spec"].update(spec)

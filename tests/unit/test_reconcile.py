@@ -327,3 +327,28 @@ def test_planner_never_raises_and_keeps_its_invariants(
     if job.spec.suspend and status.phase not in {Phase.SUCCEEDED, Phase.FAILED}:
         assert result.create == []
     JobStatus.model_validate(result.status.wire())  # what is written reads back
+
+
+def test_node_pods_mount_the_claims_their_pvc_uris_name_read_only() -> None:
+    data = {"sources": [{"uri": "pvc://corpus/a.jsonl"}, {"uri": "pvc://corpus/b.jsonl"},
+                        {"uri": "pvc://images/digits", "format": "imagefolder"},
+                        {"uri": "s3://bucket/c.jsonl"}]}  # fmt: skip
+    pod = children.node_pod(pretrain(data=data), 0)
+    container = pod["spec"]["containers"][0]
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    for claim in ("corpus", "images"):
+        mount = mounts[f"/mnt/pvc/{claim}"]  # where the trainer resolves pvc://CLAIM/...
+        assert mount["readOnly"] is True
+        source = volumes[mount["name"]]["persistentVolumeClaim"]
+        assert source == {"claimName": claim, "readOnly": True}
+    assert sum(1 for path in mounts if path.startswith("/mnt/pvc/")) == 2
+
+
+def test_a_claim_the_template_already_mounts_is_left_to_the_template() -> None:
+    template = {"volumes": [{"name": "mine", "persistentVolumeClaim": {"claimName": "corpus"}}],
+                "volumeMounts": [{"name": "mine", "mountPath": "/mnt/pvc/corpus"}]}  # fmt: skip
+    job = pretrain(data={"sources": [{"uri": "pvc://corpus/a.jsonl"}]}, template=template)
+    container = children.node_pod(job, 0)["spec"]["containers"][0]
+    paths = [m["mountPath"] for m in container["volumeMounts"]]
+    assert paths.count("/mnt/pvc/corpus") == 1

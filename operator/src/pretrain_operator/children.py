@@ -224,6 +224,35 @@ def _checkpoint_location(job: Job) -> str:
     return f"{naming.CHECKPOINT_MOUNT}/{path.strip('/')}"
 
 
+def data_claims(spec: PretrainJobSpec | FinetuneJobSpec) -> list[str]:
+    """Claims the job reads through pvc://CLAIM/... URIs (data, tokenizer, base model)."""
+    if isinstance(spec, PretrainJobSpec):
+        uris = [source.uri for source in spec.data.sources] + [spec.tokenizer.uri or ""]
+    else:
+        splits = [spec.data.train, spec.data.validation]
+        uris = [split.uri for split in splits if split] + [
+            spec.base.hugging_face.uri if spec.base.hugging_face else ""
+        ]
+    claims = (uri.removeprefix("pvc://").split("/", 1)[0] for uri in uris
+              if uri.startswith("pvc://"))  # fmt: skip
+    return sorted(set(claims))
+
+
+def _data_volumes(job: Job) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Read-only mounts of the data claims where the trainer resolves pvc:// (a mount the
+    template already puts there wins)."""
+    taken = {mount.get("mountPath") for mount in job.spec.template.volume_mounts}
+    mounts, volumes = [], []
+    for number, claim in enumerate(data_claims(job.spec)):
+        path = f"{naming.CLAIMS_MOUNT}/{claim}"
+        if path in taken:
+            continue
+        mounts.append({"name": f"claim-{number}", "mountPath": path, "readOnly": True})
+        claim_source = {"claimName": claim, "readOnly": True}
+        volumes.append({"name": f"claim-{number}", "persistentVolumeClaim": claim_source})
+    return mounts, volumes
+
+
 def node_pod(job: Job, index: int) -> Manifest:
     name = naming.node_pod_name(job.name, index)
     pod = _pod_base(job, name, naming.ROLE_NODE)
@@ -266,6 +295,9 @@ def node_pod(job: Job, index: int) -> Manifest:
         {"name": "shm", "emptyDir": {"medium": "Memory"}},
         {"name": "tmp", "emptyDir": {}},
     ]
+    claim_mounts, claim_volumes = _data_volumes(job)
+    mounts += claim_mounts
+    volumes += claim_volumes
     if job.base_claim:
         mounts.append({"name": "base", "mountPath": naming.BASE_MOUNT, "readOnly": True})
         volumes.append({"name": "base", "persistentVolumeClaim": {"claimName": job.base_claim,

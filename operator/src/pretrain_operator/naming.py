@@ -15,6 +15,7 @@ CONFIG_MOUNT = "/etc/pretrain"
 CONFIG_FILE = "job.json"
 CHECKPOINT_MOUNT = "/checkpoints"
 BASE_MOUNT = "/base"
+CLAIMS_MOUNT = "/mnt/pvc"  # pvc://CLAIM/path is read at CLAIMS_MOUNT/CLAIM/path
 TRAINER_CONTAINER = "trainer"
 
 # Exit codes of the trainer that the operator acts on (sysexits.h EX_CONFIG for bad input).

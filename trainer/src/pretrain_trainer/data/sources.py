@@ -11,9 +11,10 @@ from pathlib import Path
 
 import fsspec
 
+from pretrain_operator import naming
 from pretrain_operator.api.pretrain import DataFormat, DataSource
 
-DEFAULT_PVC_ROOT = "/mnt/pvc"
+DEFAULT_PVC_ROOT = naming.CLAIMS_MOUNT  # where the operator mounts the claims
 
 
 class DataError(ValueError):
