@@ -7,6 +7,8 @@ from pathlib import Path
 import yaml
 
 from devcluster.demo import DEMO_JOBS, job_view, last_loss
+from pretrain_operator import children
+from pretrain_operator.api import FINETUNE_JOB, PRETRAIN_JOB
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -38,10 +40,14 @@ def test_the_summary_takes_the_last_step_loss_from_metrics_jsonl(tmp_path: Path)
     assert last_loss(metrics) == 2.25
 
 
-def test_the_demo_jobs_are_examples_that_mount_the_corpus_claim_they_read() -> None:
+def test_the_demo_jobs_are_examples_whose_pods_mount_the_corpus_claim() -> None:
     for name in DEMO_JOBS:
         manifest = yaml.safe_load((EXAMPLES / name).read_text())
-        template = manifest["spec"]["template"]
-        claims = {v["persistentVolumeClaim"]["claimName"] for v in template["volumes"]}
-        assert "corpus" in claims
-        assert {m["mountPath"] for m in template["volumeMounts"]} >= {"/mnt/pvc/corpus"}
+        kind = PRETRAIN_JOB if manifest["kind"] == "PretrainJob" else FINETUNE_JOB
+        spec = kind.spec.model_validate(manifest["spec"])
+        job = children.Job(kind, manifest["metadata"]["name"], "demo", "uid", spec, "image")
+        pod = children.node_pod(job, 0)
+        claims = {v["persistentVolumeClaim"]["claimName"]: v["name"] for v in pod["spec"]["volumes"]
+                  if "persistentVolumeClaim" in v}  # fmt: skip
+        mounts = {m["name"]: m["mountPath"] for m in pod["spec"]["containers"][0]["volumeMounts"]}
+        assert mounts[claims["corpus"]] == "/mnt/pvc/corpus"

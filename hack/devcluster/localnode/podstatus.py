@@ -9,6 +9,7 @@ from typing import Any
 Manifest = dict[str, Any]
 # The kubelet's FallbackToLogsOnError: the tail of the log, at most 80 lines and 2048 bytes.
 MESSAGE_LINES, MESSAGE_BYTES = 80, 2048
+MESSAGE_FILE_BYTES = 4096  # the kubelet reads this much of terminationMessagePath
 
 
 def now() -> str:

@@ -164,8 +164,16 @@ class PodRuntime:
         spec = directory / "sandbox.json"
         resolv_conf = self.directory / "resolv.conf"
         resolv_conf.write_text(dns.resolv_conf(self.namespace))
+        # The container's termination message file, as the kubelet mounts it.
+        message_file = directory / "termination-log"
+        message_file.write_text("")
+        message_path = self._container_spec(container.name).get(
+            "terminationMessagePath", "/dev/termination-log"
+        )
+        message_mount = {"source": str(message_file), "target": message_path, "read_only": False}
         document = {
             **asdict(process),
+            "mounts": [*asdict(process)["mounts"], message_mount],
             "hostname": self._hostname(),
             "hosts": str(self.hosts_file),
             "resolv.conf": str(resolv_conf),
@@ -255,16 +263,20 @@ class PodRuntime:
         changed, container.ready = ready != container.ready, ready
         return changed
 
+    def _container_spec(self, name: str) -> dict[str, Any]:
+        return dict(next(c for c in self.pod["spec"]["containers"] if c["name"] == name))
+
     def _record_exit(self, container: ContainerState, process: subprocess.Popen[bytes]) -> None:
         code = process.returncode
         signal_number = -code if code < 0 else 0
         exit_code = 128 + signal_number if signal_number else code
-        message = ""
-        policy = next(c for c in self.pod["spec"]["containers"] if c["name"] == container.name).get(
-            "terminationMessagePolicy", "File"
-        )
+        message_file = self.directory / "containers" / container.name / "termination-log"
+        written = message_file.read_bytes() if message_file.exists() else b""
+        message = written[: podstatus.MESSAGE_FILE_BYTES].decode(errors="replace")
+        policy = self._container_spec(container.name).get("terminationMessagePolicy", "File")
         log_file = self.log_path(container.name)
-        if exit_code != 0 and policy == "FallbackToLogsOnError" and log_file and log_file.exists():
+        fallback = exit_code != 0 and policy == "FallbackToLogsOnError" and not message.strip()
+        if fallback and log_file and log_file.exists():
             message = podstatus.log_tail(log_file.read_text(errors="replace"))
         container.terminated = Terminated(
             exit_code, container.started_at, podstatus.now(), message, signal_number

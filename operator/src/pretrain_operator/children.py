@@ -38,6 +38,7 @@ KUEUE_POD_GROUP_LABEL = "kueue.x-k8s.io/pod-group-name"
 KUEUE_POD_GROUP_COUNT = "kueue.x-k8s.io/pod-group-total-count"
 POD_GROUP_LABEL = "scheduling.x-k8s.io/pod-group"
 TERMINATION_GRACE_SECONDS = 120  # the trainer checkpoints on SIGTERM
+TERMINATION_MESSAGE_PATH = "/dev/termination-log"  # the trainer's final values, for the status
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,6 +279,7 @@ def node_pod(job: Job, index: int) -> Manifest:
          "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
         {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
         {"name": "HOME", "value": "/tmp"},
+        {"name": "PRETRAIN_TERMINATION_LOG", "value": TERMINATION_MESSAGE_PATH},
         *({"name": name, "value": value} for name, value in launch.ENVIRONMENT.items()),
     ]  # fmt: skip
     if job.base_checkpoint:

@@ -190,7 +190,14 @@ class Controller:
         return missing
 
     async def _metrics(self, pods: list[PodState]) -> TrainerMetrics | None:
-        """Ask the first ready node pod; step and loss are global, any rank reports them."""
+        """A finished worker's final values (its termination message: a last scrape may be a
+        checkpoint behind), else the first ready node pod's endpoint (step and loss are global,
+        any rank reports them)."""
+        finished = [p for p in pods if p.role == naming.ROLE_NODE and p.exit_code == 0]
+        reports = [parse_metrics(p.message) for p in finished if p.message]
+        final = next((r for r in reports if r.step is not None), None)
+        if final is not None:
+            return final
         ready = sorted(
             (p for p in pods if p.role == naming.ROLE_NODE and p.ready and p.ip),
             key=lambda p: p.index or 0,

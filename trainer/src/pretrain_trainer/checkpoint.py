@@ -113,10 +113,13 @@ class CheckpointWriter:
 
     def __init__(
         self, root: Path, runtime: Runtime, keep: int, background: bool = False,
-        sharded: bool = False, on_commit: Callable[[int, float], None] | None = None,
+        sharded: bool = False, on_commit: Callable[[int, float | None], None] | None = None,
     ) -> None:  # fmt: skip
         self.root, self.runtime, self.keep = root, runtime, keep
-        self.on_commit = on_commit  # (step, seconds from the save call to the commit)
+        # (step, seconds from the save call to the commit; None where not measured): rank 0
+        # commits; the other ranks learn of a commit at the next collective of a save.
+        self.on_commit = on_commit
+        self._unconfirmed: int | None = None  # a background save rank 0 may still be writing
         self._executor = (ThreadPoolExecutor(1, "checkpoint-writer")
                           if background and not sharded else None)  # fmt: skip
         self._pending: Future[Path | None] | None = None
@@ -137,7 +140,8 @@ class CheckpointWriter:
         self.root.mkdir(parents=True, exist_ok=True)
         staging = self.root / _broadcast_name(
             f".partial-{checkpoint_step_dir(step)}-{uuid.uuid4().hex[:8]}", self.runtime
-        )
+        )  # rank 0 broadcasts only once its previous save is committed
+        self._confirm(self._unconfirmed)
         model_state, optimizer_state = get_state_dict(model, optimizer)
         state = {"model": model_state, "optimizer": optimizer_state}
 
@@ -154,9 +158,11 @@ class CheckpointWriter:
             if self.runtime.main:
                 commit()
             _barrier(self.runtime)
+            self._confirm(step)
             return
         if not self.runtime.main:
-            return  # replicated state: rank 0 writes all of it
+            self._unconfirmed = step  # replicated state: rank 0 writes all of it
+            return
         written = async_save(state, checkpoint_id=str(staging), no_dist=True)
 
         def write_then_commit() -> Path:
@@ -164,6 +170,11 @@ class CheckpointWriter:
             return commit()
 
         self._pending = self._executor.submit(write_then_commit)
+
+    def _confirm(self, step: int | None) -> None:
+        if step is not None and not self.runtime.main and self.on_commit:
+            self.on_commit(step, None)
+        self._unconfirmed = None
 
     def wait(self) -> None:
         """Block until the save in flight, if any, is committed (re-raising its failure)."""

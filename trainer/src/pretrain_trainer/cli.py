@@ -115,10 +115,24 @@ def train_worker(config: Path, output: Path | None, metrics_port: int | None) ->
             name = str(job.metadata.get("name", "job"))
             served = metrics.create(str(job.metadata.get("namespace", "")), name, job.kind)
             metrics.serve(served, metrics_port)
-        run(job.spec, root, runtime=runtime, checkpoints=checkpoints, metrics=served,
-            stop_requested=lambda: stop["requested"])  # fmt: skip
+        summary = run(job.spec, root, runtime=runtime, checkpoints=checkpoints, metrics=served,
+                      stop_requested=lambda: stop["requested"])  # fmt: skip
+        if runtime.local_rank == 0 and os.environ.get("PRETRAIN_TERMINATION_LOG"):
+            write_final_report(Path(os.environ["PRETRAIN_TERMINATION_LOG"]), summary)
     finally:
         distributed.stop()
+
+
+def write_final_report(path: Path, summary: Any) -> None:
+    """The pod's termination message: the final values in Prometheus text format, which the
+    operator reads as it reads the metrics endpoint (that endpoint is gone once pods exit)."""
+    lines = {
+        "pretrain_train_step": summary.steps,
+        "pretrain_tokens_total": summary.tokens,
+        "pretrain_checkpoint_last_step": summary.steps,  # the last step is always checkpointed
+        "pretrain_train_loss": summary.last_loss,
+    }
+    path.write_text("".join(f"{name} {value}\n" for name, value in lines.items()))
 
 
 # ---- pretrain run -----------------------------------------------------------------------------

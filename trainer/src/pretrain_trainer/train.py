@@ -68,6 +68,7 @@ class RunSummary:
     last_validation_loss: float
     tokens: int
     model_dir: Path
+    last_loss: float = math.nan
 
 
 def learning_rate(training: Training, step: int, total: int) -> float:
@@ -377,7 +378,8 @@ def run(
                 else model if runtime.main else None)  # fmt: skip
     if exported is not None:
         export_model(exported, spec, tokenizer, model_dir)
-    return RunSummary(steps, first_eval, last_eval, tokens, model_dir)
+    last_loss = report.loss if start < steps else math.nan
+    return RunSummary(steps, first_eval, last_eval, tokens, model_dir, last_loss)
 
 
 def _unsharded(
@@ -393,13 +395,14 @@ def _unsharded(
     return plain
 
 
-def _on_commit(metrics: TrainerMetrics | None) -> Callable[[int, float], None] | None:
+def _on_commit(metrics: TrainerMetrics | None) -> Callable[[int, float | None], None] | None:
     if metrics is None:
         return None
 
-    def committed(step: int, seconds: float) -> None:
+    def committed(step: int, seconds: float | None) -> None:
         metrics.checkpoint_step.labels(**metrics.labels).set(step)
-        metrics.checkpoint_total_seconds.labels(**metrics.labels).observe(seconds)
+        if seconds is not None:
+            metrics.checkpoint_total_seconds.labels(**metrics.labels).observe(seconds)
 
     return committed
 
