@@ -42,6 +42,7 @@ VALIDATION_SEQUENCES = 32  # per source
 TOKENIZER_TRAINING_CHARACTERS = 20_000_000
 EVALUATION_INDEX_OFFSET = 1 << 40  # validation samples draw masks from indices no training uses
 TOKENIZER_FILE = "tokenizer.json"
+SPEC_FILE = "pretrain-job.json"  # in each checkpoint: what a FinetuneJob rebuilds the model from
 
 
 @dataclass(frozen=True, slots=True)
@@ -345,7 +346,9 @@ def run(
             stopping = stop_requested()
             if step % spec.checkpoint.every_steps == 0 or step == steps or stopping:
                 saved_at = time.perf_counter()
-                extra = {TOKENIZER_FILE: tokenizer.to_str()} if tokenizer else None
+                extra = {SPEC_FILE: json.dumps(spec.wire())}
+                if tokenizer:
+                    extra[TOKENIZER_FILE] = tokenizer.to_str()
                 save(checkpoints, step, samples.position, model, optimizer, runtime,
                      spec.checkpoint.keep, extra)  # fmt: skip
                 if metrics is not None:
