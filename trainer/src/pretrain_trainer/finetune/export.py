@@ -1,7 +1,8 @@
 """The fine-tuned model in Hugging Face format where the family has one, with the label mapping:
-bert as BertForSequenceClassification / BertForTokenClassification, gpt (CausalLM) as
-GPT2LMHeadModel, vit as ViTForImageClassification. Other pairs are saved in the same files with
-this project's config (`model_type: pretrain-finetuned`)."""
+bert as BertForTokenClassification, or for sequences as a BertModel whose mean-pooled output
+feeds `classifier.*` (config `pooling: mean`; transformers has no mean-pooling classifier class),
+gpt (CausalLM) as GPT2LMHeadModel, vit as ViTForImageClassification. Other pairs are saved in the
+same files with this project's config (`model_type: pretrain-finetuned`)."""
 
 from __future__ import annotations
 
@@ -80,7 +81,8 @@ def _hugging_face(model: TaskModel) -> tuple[Tensors, dict[str, Any]] | None:
             state = {k: v for k, v in state.items() if not k.startswith("bert.pooler.")}
             config["architectures"] = ["BertForTokenClassification"]
         else:
-            config["architectures"] = ["BertForSequenceClassification"]
+            config["architectures"] = ["BertModel"]
+            config["pooling"] = "mean"
         return {**state, **head}, config
     if isinstance(network, GPT) and task == TaskType.CAUSAL_LM:
         return gpt2_state(network), gpt2_config(network)

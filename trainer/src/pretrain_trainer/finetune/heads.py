@@ -1,7 +1,8 @@
-"""Task heads on a base network, suited to its family: BERT's pooled [CLS] (what
-BertForSequenceClassification does, so the export is exact), mean pooling for the other
-encoders, the last real token for decoders, the image encoder's [CLS] for ViT and CLIP; a
-per-token linear layer for token classification; the base's own LM head for CausalLM.
+"""Task heads on a base network, suited to its family: mean pooling over the real tokens for
+encoders (bert, electra, t5: a masked-LM pre-training gives [CLS] no summary role, and
+sentence-transformers checkpoints such as all-MiniLM are trained for mean pooling), the last real
+token for decoders, the image encoder's [CLS] for ViT and CLIP; a per-token linear layer for
+token classification; the base's own LM head for CausalLM.
 
 `features` is what the head reads; a batch that carries cached `features` (LinearProbe) skips
 the base altogether."""
@@ -73,8 +74,6 @@ class TaskModel(nn.Module):
         hidden = hidden_states(self.network, ids, padding)
         if self.task == TaskType.TOKEN_CLASSIFICATION:
             return hidden
-        if isinstance(self.network, Bert):
-            return self.network.pooled(hidden)
         if isinstance(self.network, GPT):
             last = padding.long().sum(1) - 1
             return hidden[torch.arange(ids.shape[0], device=ids.device), last]
