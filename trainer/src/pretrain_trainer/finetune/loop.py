@@ -141,6 +141,28 @@ def cached_features(
     return out
 
 
+def standardized(
+    train: list[Example], validation: list[Example]
+) -> tuple[list[Example], list[Example], torch.Tensor, torch.Tensor]:
+    """Features scaled to zero mean and unit variance per dimension (statistics of the training
+    set), the usual footing of a linear probe (MAE's probe puts a BatchNorm there): a frozen
+    base's features can vary little, which a linear head on raw features learns very slowly."""
+    rows = torch.cat([e.inputs.reshape(-1, e.inputs.shape[-1]) for e in train])
+    mean, std = rows.mean(0), rows.std(0).clamp(min=1e-6)
+
+    def scale(data: list[Example]) -> list[Example]:
+        return [Example((e.inputs - mean) / std, e.target) for e in data]
+
+    return scale(train), scale(validation), mean, std
+
+
+def fold(head: nn.Linear, mean: torch.Tensor, std: torch.Tensor) -> None:
+    """Take the standardisation into the head, so the exported model reads raw features."""
+    with torch.no_grad():
+        head.weight.div_(std.to(head.weight.device))
+        head.bias.sub_(head.weight @ mean.to(head.weight.device))
+
+
 def evaluate(
     model: nn.Module,
     objective: TaskObjective,
@@ -215,6 +237,7 @@ def run_finetune(
         train = cached_features(model, objective, train, device, output / "features" / "train.pt")
         validation = cached_features(model, objective, validation, device,
                                      output / "features" / "validation.pt")  # fmt: skip
+        train, validation, mean, std = standardized(train, validation)
     count = trainable(model)
     optimizer = optimizer_for(model, training)
     output.mkdir(parents=True, exist_ok=True)
@@ -316,6 +339,9 @@ def run_finetune(
         if sink:
             sink.close()
     model_dir = output / "model"
+    if spec.method.type == MethodType.LINEAR_PROBE:
+        assert isinstance(model.head, nn.Linear)
+        fold(model.head, mean, std)
     if runtime.main:
         if adapted is not None:
             lora.save_adapters(adapted, output / "adapter")

@@ -30,10 +30,10 @@ class TaskObjective(Objective):
         del indices  # no randomness: the inputs are what the records say
         inputs = [s.inputs for s in samples]
         batch: Batch = {}
-        if inputs[0].dtype.is_floating_point:  # images or cached features
-            key = "images" if self.task == TaskType.IMAGE_CLASSIFICATION else "features"
-            batch[key] = _pad(inputs, 0.0) if inputs[0].dim() == 2 and key == "features" \
-                else torch.stack(inputs)  # fmt: skip
+        if inputs[0].dtype.is_floating_point and inputs[0].dim() == 3:
+            batch["images"] = torch.stack(inputs)  # (3, H, W) each
+        elif inputs[0].dtype.is_floating_point:  # cached features: (width,) or (tokens, width)
+            batch["features"] = _pad(inputs, 0.0) if inputs[0].dim() == 2 else torch.stack(inputs)
         else:
             batch["input_ids"] = _pad(inputs, self.pad)
             lengths = torch.tensor([len(i) for i in inputs])
