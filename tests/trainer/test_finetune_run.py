@@ -365,3 +365,25 @@ def test_a_bad_base_exits_78_naming_the_field_and_writes_nothing(
                 "corrupt": "incomplete or corrupted"}[problem]  # fmt: skip
     assert expected in lines[0]
     assert not output.exists()
+
+
+def test_two_workers_fine_tune_as_one(root: Path, tmp_path: Path) -> None:
+    """`--nproc 2` (torchrun, DDP over the task model) gives the per-step losses of one process:
+    a step's examples and its loss normalisation do not depend on the world size."""
+    spec = PretrainJobSpec.model_validate(PRETRAIN["vit"])
+    torch.manual_seed(0)
+    initial = export_model(build_model(spec, 0), spec, None, tmp_path / "base")
+    document = finetune_manifest("digits", "Full", base={"huggingFace": {"uri": "file:///x"}})
+    losses = []
+    for workers in (1, 2):
+        output = tmp_path / f"workers-{workers}"
+        flags = ["--max-steps", "3", "--nproc", str(workers)]
+        code, errors = pretrain_run(document, output, "--pvc-root", str(root), "--base",
+                                    str(initial), *flags)  # fmt: skip
+        assert code == 0, errors
+        lines = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
+        losses.append([line["loss"] for line in lines if "loss" in line])
+        assert {line.get("world_size") for line in lines if "loss" in line} == {workers}
+    assert len(losses[0]) == 3
+    torch.testing.assert_close(torch.tensor(losses[1]), torch.tensor(losses[0]), rtol=1e-5,
+                               atol=1e-6)  # fmt: skip

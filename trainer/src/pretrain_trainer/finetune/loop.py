@@ -321,7 +321,8 @@ def run_finetune(
             if sink:
                 line = {"step": step, "loss": step_loss, "tokens": report.tokens,
                         "world_size": runtime.world_size, "learning_rate": rate,
-                        "grad_norm": norm, "step_seconds": elapsed}  # fmt: skip
+                        "grad_norm": norm, "step_seconds": elapsed,
+                        "tokens_per_second": report.tokens_per_second}  # fmt: skip
                 sink.write(json.dumps(line) + "\n")
             if step % spec.evaluation.every_steps == 0 or step == steps:
                 last = evaluated(step)
