@@ -269,6 +269,38 @@ def test_parse_metrics_reads_the_gauges_and_drops_nan() -> None:
     assert (metrics.step, metrics.loss, metrics.tokens) == (42, None, 1_500_000)
 
 
+def test_parse_metrics_reads_the_evaluation_scores_by_name() -> None:
+    labels = 'namespace="ns",job="f",kind="FinetuneJob"'
+    text = (
+        "# TYPE pretrain_eval_metric gauge\n"
+        f'pretrain_eval_metric{{{labels},name="accuracy"}} 0.875\n'
+        f'pretrain_eval_metric{{{labels},name="macroF1"}} 0.81\n'
+        f'pretrain_eval_metric{{{labels},name="loss"}} NaN\n'
+        f"pretrain_eval_step{{{labels}}} 40.0\npretrain_train_step{{{labels}}} 43.0\n"
+    )
+    metrics = parse_metrics(text)
+    assert metrics.evaluation == {"accuracy": 0.875, "macroF1": 0.81}
+    assert (metrics.evaluation_step, metrics.step) == (40, 43)
+
+
+def test_finetune_status_carries_the_latest_evaluation() -> None:
+    base = BaseJobState(found=True, phase="Succeeded", checkpoint_uri="pvc://c/p/step-000000010")
+    job = finetune({"pretrainJob": "p"})
+    first = plan(job, JobStatus(), 1, [node(0), rendezvous()], NOW, base=base)
+    assert first.status.evaluation is not None
+    assert (first.status.evaluation.step, first.status.evaluation.metrics) == (0, {})
+    metrics = parse_metrics(
+        'pretrain_train_step 12\npretrain_eval_step 10\npretrain_eval_metric{name="accuracy"} 0.5\n'
+    )
+    later = plan(job, first.status, 1, [node(0), rendezvous()], NOW, metrics=metrics, base=base)
+    assert later.status.evaluation is not None
+    assert later.status.evaluation.model_dump() == {"step": 10, "metrics": {"accuracy": 0.5}}
+    # a scrape without evaluation (the pod restarted) keeps the last one
+    again = plan(job, later.status, 1, [node(0), rendezvous()], NOW,
+                 metrics=parse_metrics("pretrain_train_step 13\n"), base=base)  # fmt: skip
+    assert again.status.evaluation == later.status.evaluation
+
+
 # ---- property: the planner never raises and keeps its invariants, whatever it observes ----
 
 objectives = st.sampled_from(sorted(FAMILY_OF_OBJECTIVE))

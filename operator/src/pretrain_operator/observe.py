@@ -4,7 +4,7 @@ and the trainer's metrics. Pure functions over the objects the API server return
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pretrain_operator import naming
@@ -107,6 +107,8 @@ class TrainerMetrics:
     mfu: float | None = None
     checkpoint_step: int | None = None
     world_size: int | None = None
+    evaluation_step: int | None = None
+    evaluation: dict[str, float] = field(default_factory=dict)  # pretrain_eval_metric{name}
 
 
 METRIC_FIELDS = {
@@ -117,27 +119,45 @@ METRIC_FIELDS = {
     "pretrain_mfu_ratio": "mfu",
     "pretrain_checkpoint_last_step": "checkpoint_step",
     "pretrain_world_size": "world_size",
+    "pretrain_eval_step": "evaluation_step",
 }
-INTEGER_FIELDS = {"step", "tokens", "checkpoint_step", "world_size"}
+INTEGER_FIELDS = {"step", "tokens", "checkpoint_step", "world_size", "evaluation_step"}
+EVAL_METRIC = "pretrain_eval_metric"
+
+
+def _label(labels: str, name: str) -> str | None:
+    """The value of label `name` in `{a="x",name="y"}` (values here never hold quotes)."""
+    for part in labels.strip("{}").split(","):
+        key, _, value = part.partition("=")
+        if key.strip() == name:
+            return value.strip().strip('"')
+    return None
 
 
 def parse_metrics(text: str) -> TrainerMetrics:
     """Read the few gauges the status shows from Prometheus text exposition format."""
     values: dict[str, Any] = {}
+    evaluation: dict[str, float] = {}
     for line in text.splitlines():
         if not line or line.startswith("#"):
             continue
         name_part, _, value_part = line.rpartition(" ")
-        name = name_part.split("{", 1)[0].strip()
-        field = METRIC_FIELDS.get(name)
-        if field is None:
+        name, _, labels = name_part.partition("{")
+        name = name.strip()
+        attribute = METRIC_FIELDS.get(name)
+        if attribute is None and name != EVAL_METRIC:
             continue
         try:
             value = float(value_part)
         except ValueError:
             continue
-        if not math.isfinite(value):  # a NaN loss is for alerts; JSON status cannot hold it
-            values[field] = None
+        if attribute is None:  # one evaluation score; a NaN one is left out of the status
+            metric = _label(labels, "name")
+            if metric and math.isfinite(value):
+                evaluation[metric] = value
             continue
-        values[field] = int(value) if field in INTEGER_FIELDS else value
-    return TrainerMetrics(**values)
+        if not math.isfinite(value):  # a NaN loss is for alerts; JSON status cannot hold it
+            values[attribute] = None
+            continue
+        values[attribute] = int(value) if attribute in INTEGER_FIELDS else value
+    return TrainerMetrics(**values, evaluation=evaluation)

@@ -156,6 +156,9 @@ def _progress(status: JobStatus, metrics: TrainerMetrics | None, job: Job) -> No
         progress.tokens_per_second = metrics.tokens_per_second
     if metrics.mfu is not None:
         progress.mfu = metrics.mfu
+    if metrics.evaluation and isinstance(job.spec, FinetuneJobSpec):
+        step = metrics.evaluation_step if metrics.evaluation_step is not None else progress.step
+        status.evaluation = EvaluationStatus(step=step, metrics=dict(metrics.evaluation))
     if metrics.checkpoint_step:
         status.checkpoint = CheckpointStatus(
             step=metrics.checkpoint_step,

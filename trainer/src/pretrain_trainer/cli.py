@@ -1,5 +1,5 @@
-"""`pretrain run -f JOB.yaml`: run a PretrainJob spec on this machine with a progress bar, in this
-process or as N local workers under torchrun (the launch the node pods use).
+"""`pretrain run -f JOB.yaml`: run a PretrainJob or FinetuneJob spec on this machine with a progress
+bar, in this process or as N local workers under torchrun (the launch the node pods use).
 `pretrain train --config FILE`: one worker, as torchrun starts it in a pod.
 
 Exit codes (the operator acts on them): 0 success, 78 bad configuration (a one-line reason that
@@ -65,13 +65,6 @@ def load_job(path: Path) -> PretrainJob | FinetuneJob:
         raise ConfigurationError(_first_error(error)) from None
 
 
-def pretrain_job(path: Path) -> PretrainJob:
-    job = load_job(path)
-    if isinstance(job, FinetuneJob):
-        raise ConfigurationError("kind: FinetuneJob runs arrive with the fine-tuning issue")
-    return job
-
-
 def _exit_code(action: Callable[[], None]) -> int:
     from pretrain_trainer.data.sources import DataError
     from pretrain_trainer.train import StopRequestedError
@@ -99,7 +92,7 @@ def train_worker(config: Path, output: Path | None, metrics_port: int | None) ->
     from pretrain_trainer import distributed, metrics
     from pretrain_trainer.train import run
 
-    job = pretrain_job(config)
+    job = load_job(config)
     stop = {"requested": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(requested=True))
     runtime = distributed.start(job.spec)
@@ -115,24 +108,56 @@ def train_worker(config: Path, output: Path | None, metrics_port: int | None) ->
             name = str(job.metadata.get("name", "job"))
             served = metrics.create(str(job.metadata.get("namespace", "")), name, job.kind)
             metrics.serve(served, metrics_port)
-        summary = run(job.spec, root, runtime=runtime, checkpoints=checkpoints, metrics=served,
-                      stop_requested=lambda: stop["requested"])  # fmt: skip
+        if isinstance(job, FinetuneJob):
+            from pretrain_trainer.finetune.loop import prepare, run_finetune
+
+            prepared = prepare(job.spec, _recorded_base(config))
+            tuned = run_finetune(job.spec, root, prepared, runtime=runtime,
+                                 checkpoints=checkpoints, metrics=served,
+                                 stop_requested=lambda: stop["requested"])  # fmt: skip
+            report = final_report(tuned.steps, evaluation=tuned.last_evaluation)
+        else:
+            summary = run(job.spec, root, runtime=runtime, checkpoints=checkpoints,
+                          metrics=served, stop_requested=lambda: stop["requested"])  # fmt: skip
+            report = final_report(summary.steps, summary.tokens, summary.last_loss)
         if runtime.local_rank == 0 and os.environ.get("PRETRAIN_TERMINATION_LOG"):
-            write_final_report(Path(os.environ["PRETRAIN_TERMINATION_LOG"]), summary)
+            Path(os.environ["PRETRAIN_TERMINATION_LOG"]).write_text(report)
     finally:
         distributed.stop()
 
 
-def write_final_report(path: Path, summary: Any) -> None:
+def final_report(
+    steps: int,
+    tokens: int | None = None,
+    loss: float | None = None,
+    evaluation: dict[str, float] | None = None,
+) -> str:
     """The pod's termination message: the final values in Prometheus text format, which the
     operator reads as it reads the metrics endpoint (that endpoint is gone once pods exit)."""
-    lines = {
-        "pretrain_train_step": summary.steps,
-        "pretrain_tokens_total": summary.tokens,
-        "pretrain_checkpoint_last_step": summary.steps,  # the last step is always checkpointed
-        "pretrain_train_loss": summary.last_loss,
-    }
-    path.write_text("".join(f"{name} {value}\n" for name, value in lines.items()))
+    lines = [
+        f"pretrain_train_step {steps}",
+        f"pretrain_checkpoint_last_step {steps}",
+    ]  # the last step is always checkpointed
+    if tokens is not None:
+        lines.append(f"pretrain_tokens_total {tokens}")
+    if loss is not None:
+        lines.append(f"pretrain_train_loss {loss}")
+    for name, value in (evaluation or {}).items():
+        lines.append(f'pretrain_eval_metric{{name="{name}"}} {value}')
+    if evaluation:
+        lines.append(f"pretrain_eval_step {steps}")  # the loop evaluates at the last step
+    return "".join(line + "\n" for line in lines)
+
+
+def _recorded_base(config: Path) -> str | None:
+    """The base the operator resolved, as its job.json records it (the pods also get it in
+    PRETRAIN_BASE_CHECKPOINT)."""
+    try:
+        document = json.loads(config.read_text())
+    except ValueError:
+        return None
+    value = document.get("baseCheckpoint") if isinstance(document, dict) else None
+    return str(value) if value else None
 
 
 # ---- pretrain run -----------------------------------------------------------------------------
@@ -145,7 +170,7 @@ def _free_port() -> int:
 
 
 def _progress(
-    job: PretrainJob, quiet: bool
+    job: PretrainJob | FinetuneJob, quiet: bool
 ) -> tuple[Any, Callable[[int, int, float, float], None]]:
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
@@ -195,12 +220,15 @@ Update = Callable[[int, int, float, float], None]
 
 
 def _run_workers(
-    job: PretrainJob, spec: Any, output: Path, nproc: int, update: Update
-) -> tuple[float, float]:
+    job: PretrainJob | FinetuneJob, spec: Any, output: Path, nproc: int, update: Update,
+    base: str | None = None,
+) -> tuple[float, float]:  # fmt: skip
     """N workers under torchrun; progress follows the metrics.jsonl rank 0 writes."""
     config = output / "job.json"
-    document = {"kind": "PretrainJob", "name": job.metadata.get("name", "job"),
+    document = {"kind": job.kind, "name": job.metadata.get("name", "job"),
                 "spec": spec.wire()}  # fmt: skip
+    if base:
+        document["baseCheckpoint"] = base
     config.write_text(json.dumps(document))
     command = launch.torchrun_command(
         min_nodes=1, max_nodes=1, processes_per_node=nproc,
@@ -227,6 +255,38 @@ def _run_workers(
     return evaluations[0], evaluations[-1]
 
 
+def finetune_local(job: FinetuneJob, output: Path, max_steps: int | None, nproc: int,
+                   quiet: bool, base: str | None) -> None:  # fmt: skip
+    from pretrain_trainer.finetune.base import base_uri
+    from pretrain_trainer.finetune.loop import prepare, run_finetune
+    from pretrain_trainer.train import StepReport
+
+    spec = job.spec
+    if max_steps is not None:
+        spec = spec.model_copy(update={"training": spec.training.model_copy(
+            update={"max_steps": max_steps, "max_tokens": None})})  # fmt: skip
+    # Base and data are checked before anything is written: a bad one leaves no trace.
+    prepared = prepare(spec, base)
+    output.mkdir(parents=True, exist_ok=True)
+    progress, update = _progress(job, quiet)
+    with progress:
+        if nproc == 1:
+
+            def on_step(report: StepReport) -> None:
+                update(report.step, report.total_steps, report.loss, report.tokens_per_second)
+
+            summary = run_finetune(spec, output, prepared, on_step=on_step)
+            first, last = summary.first_evaluation, summary.last_evaluation
+        else:
+            _run_workers(job, spec, output, nproc, update, base_uri(spec, base))
+            lines = (output / "metrics.jsonl").read_text().splitlines()
+            evaluations = [json.loads(line)["eval"] for line in lines if '"eval"' in line]
+            first, last = evaluations[0], evaluations[-1]
+    if not quiet:
+        change = ", ".join(f"{name} {first[name]:.3f} -> {last[name]:.3f}" for name in last)
+        print(f"validation {change}; model in {output / 'model'}", file=sys.stderr)
+
+
 def _follow(
     path: Path, seen: int, spec: Any, update: Callable[[int, int, float, float], None]
 ) -> int:
@@ -247,13 +307,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     run_parser = commands.add_parser("run", help="run a job spec on this machine")
-    run_parser.add_argument("-f", "--file", type=Path, required=True, help="PretrainJob YAML")
+    run_parser.add_argument("-f", "--file", type=Path, required=True,
+                            help="PretrainJob or FinetuneJob YAML")  # fmt: skip
     run_parser.add_argument("--output", type=Path, default=Path("runs/latest"), help="run dir")
     run_parser.add_argument("--max-steps", type=int, help="stop after this many steps")
     run_parser.add_argument("--nproc", type=int, default=1, help="local worker processes")
     run_parser.add_argument("--pvc-root", type=Path,
                             help="directory holding pvc://CLAIM/... as CLAIM/...")  # fmt: skip
     run_parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    run_parser.add_argument("--base", help="FinetuneJob: the base (a run directory, checkpoint "
+                            "or Hugging Face directory) in place of spec.base")  # fmt: skip
     train_parser = commands.add_parser("train", help="one worker (torchrun starts it)")
     train_parser.add_argument("--config", type=Path, required=True, help="job.json or YAML")
     train_parser.add_argument("--output", type=Path, help="run dir (pods: the checkpoint dir)")
@@ -272,8 +335,11 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigurationError("--nproc: must be at least 1")
         if args.max_steps is not None and args.max_steps < 1:
             raise ConfigurationError("--max-steps: must be at least 1")
-        job = pretrain_job(args.file)
-        run_local(job, args.file, args.output, args.max_steps, args.nproc, args.quiet)
+        job = load_job(args.file)
+        if isinstance(job, FinetuneJob):
+            finetune_local(job, args.output, args.max_steps, args.nproc, args.quiet, args.base)
+        else:
+            run_local(job, args.file, args.output, args.max_steps, args.nproc, args.quiet)
 
     return _exit_code(local)
 

@@ -98,6 +98,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {path}: {lines} documents, {path.stat().st_size / 1e6:.1f} MB")
     images = build_image_corpus(args.directory)
     print(f"wrote {images}: {sum(1 for _ in images.rglob('*.png'))} images, and their captions")
+    from pretrain_trainer.labeled import build_labeled
+
+    for name, count in build_labeled(args.directory).items():
+        print(f"wrote {args.directory / name}: {count} records")
     return 0
 
 

@@ -10,8 +10,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
-from pretrain_operator.api import PretrainJobSpec
-from pretrain_operator.api.common import AcceleratorType
+from pretrain_operator.api.common import AcceleratorType, JobSpecBase
 from pretrain_trainer.errors import ConfigurationError
 
 
@@ -31,7 +30,7 @@ class Runtime:
         return self.rank == 0
 
 
-def start(spec: PretrainJobSpec) -> Runtime:
+def start(spec: JobSpecBase) -> Runtime:
     """Join the process group torchrun prepared (RANK/WORLD_SIZE set), or run alone."""
     accelerator = spec.resources.accelerator
     tpu = accelerator is not None and accelerator.type == AcceleratorType.GOOGLE_TPU

@@ -59,6 +59,8 @@ class TrainerMetrics:
     world_size: Gauge
     memory: Gauge
     eval_metric: Gauge
+    trainable_parameters: Gauge
+    eval_step: Gauge
 
 
 def create(namespace: str, job: str, kind: str) -> TrainerMetrics:
@@ -115,6 +117,10 @@ def create(namespace: str, job: str, kind: str) -> TrainerMetrics:
             [*names, "name"],
             registry=registry,
         ),
+        trainable_parameters=gauge(
+            "pretrain_trainable_parameters", "Parameters the optimizer updates (FinetuneJob)."
+        ),
+        eval_step=gauge("pretrain_eval_step", "Step of the latest evaluation (FinetuneJob)."),
     )
     for metric in (
         metrics.loss,

@@ -44,6 +44,7 @@ VALIDATION_SEQUENCES = 32  # per source
 TOKENIZER_TRAINING_CHARACTERS = 20_000_000
 EVALUATION_INDEX_OFFSET = 1 << 40  # validation samples draw masks from indices no training uses
 TOKENIZER_FILE = "tokenizer.json"
+SPEC_FILE = "pretrain-job.json"  # in each checkpoint: what a FinetuneJob rebuilds the model from
 
 
 @dataclass(frozen=True, slots=True)
@@ -360,7 +361,9 @@ def run(
             stopping = stops > 0
             if step % spec.checkpoint.every_steps == 0 or step == steps or stopping:
                 saved_at = time.perf_counter()
-                extra = {TOKENIZER_FILE: tokenizer.to_str()} if tokenizer else None
+                extra = {SPEC_FILE: json.dumps(spec.wire())}
+                if tokenizer:
+                    extra[TOKENIZER_FILE] = tokenizer.to_str()
                 # The last one and the one before exiting on SIGTERM must be on disk on return.
                 writer.save(step, samples.position, model, optimizer, extra,
                             block=stopping or step == steps)  # fmt: skip
