@@ -35,7 +35,8 @@ from devcluster.waiting import wait_until
 # The jobs the demo runs, applied in this order from examples/. A job that depends on another
 # (a FinetuneJob whose base is a PretrainJob) waits for it by itself: adding one is its
 # manifest in examples/ and its line here.
-DEMO_JOBS = ["demo-bert-tiny.yaml"]
+# The PretrainJob, then a FinetuneJob that waits for it and starts from its last checkpoint.
+DEMO_JOBS = ["demo-bert-tiny.yaml", "finetune-from-pretrain.yaml"]
 NAMESPACE = "demo"
 RESTRICTED = {
     "pod-security.kubernetes.io/enforce": "restricted",
@@ -170,7 +171,7 @@ class Demo:
             "the default ServiceAccount",
         )
         corpus = self.data / "corpus"
-        if not (corpus / "python-docs.jsonl").exists():
+        if not (corpus / "docs-classify" / "train.jsonl").exists():  # labeled sets too
             self.step("bundled corpus (python -m pretrain_trainer.corpus)")
             subprocess.run(
                 [sys.executable, "-m", "pretrain_trainer.corpus", str(corpus)],
