@@ -53,6 +53,12 @@ def operator_scale(quick: bool) -> Report:
     return {"results": [asdict(r) for r in results], "ratios": ratios, "summary": summary}
 
 
+def checkpointing(quick: bool) -> Report:
+    from bench import checkpointing as bench
+
+    return bench.measure(width=512, layers=2, runs=1) if quick else bench.measure()
+
+
 def not_yet(issue_item: str) -> Callable[[bool], Report]:
     def report(quick: bool) -> Report:
         return {"summary": f"not measured yet ({issue_item}; see BENCHMARKS.md)"}
@@ -65,7 +71,7 @@ BENCHMARKS: dict[str, Callable[[bool], Report]] = {
     "trainer-gpu": not_yet("needs a GPU; none on the development machines"),
     "operator-scale": operator_scale,
     "recovery": not_yet("issue 9 item 4, on local nodes"),
-    "checkpointing": not_yet("issue 9 item 5"),
+    "checkpointing": checkpointing,
 }
 
 

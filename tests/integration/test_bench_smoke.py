@@ -47,3 +47,14 @@ def test_operator_benchmark_runs_ours_and_the_floor() -> None:
     assert results["ours"]["reconciles"] > 0
     assert results["ours"]["rss_bytes"] > 0
     assert "ours/floor time to Running" in report["ratios"]["2"]
+
+
+def test_checkpoint_benchmark_times_both_ways_of_saving() -> None:
+    from bench.checkpointing import measure
+
+    report = measure(width=256, layers=2, runs=1)
+    assert set(report["blocked_seconds"]) == {"sync", "background"}
+    assert all(seconds > 0 for seconds in report["commit_seconds"].values())  # both committed
+    assert report["blocked_ratio"] == pytest.approx(
+        report["blocked_seconds"]["background"] / report["blocked_seconds"]["sync"]
+    )
