@@ -177,6 +177,9 @@ class PodRuntime:
             "hostname": self._hostname(),
             "hosts": str(self.hosts_file),
             "resolv.conf": str(resolv_conf),
+            # The "image" is the checkout (its virtualenv and the editable sources): a volume
+            # mounted over a directory that holds it (an emptyDir at /tmp) must not hide it.
+            "keep": [str(Path(sys.prefix).parent)],
         }
         spec.write_text(json.dumps(document))
         log_file = self.directory / "logs" / container.name / f"{container.restart_count}.log"

@@ -48,6 +48,11 @@ def main(argv: list[str]) -> int:
     for name in ("hosts", "resolv.conf"):
         if spec.get(name):
             mounts.append({"source": spec[name], "target": f"/etc/{name}", "read_only": True})
+    targets = [m["target"] for m in mounts]
+    # The checkout, where a volume would cover it: bound back over the volume afterwards.
+    covered = [path for path in spec.get("keep", [])
+               if any(Path(path).is_relative_to(target) for target in targets)]  # fmt: skip
+    mounts += [{"source": path, "target": path, "read_only": True} for path in covered]
     sources = [os.open(m["source"], os.O_PATH) if m["source"] else -1 for m in mounts]
     for mount, fd in zip(mounts, sources, strict=True):
         target = Path(mount["target"])
