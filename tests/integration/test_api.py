@@ -56,7 +56,7 @@ def test_defaults_fill_the_parts_a_user_leaves_out(cluster: ClusterSession, name
     }
     assert spec["tokenizer"] == {"type": "BPE", "vocabSize": 8192, "uri": ""}
     assert spec["failurePolicy"] == {"maxRestarts": 10}
-    assert spec["checkpoint"] == {"everySteps": 500, "keep": 3}
+    assert spec["checkpoint"] == {"everySteps": 500, "keep": 3, "background": True}
     assert spec["suspend"] is False
 
 
