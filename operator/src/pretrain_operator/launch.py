@@ -6,10 +6,6 @@ from __future__ import annotations
 
 TRAINER_MODULE = "pretrain_trainer"
 MAX_LOCAL_RESTARTS = 3  # torchrun restarts its workers this often before the pod fails
-# c10d rendezvous timing. A lost node is noticed after missing 3 heartbeats 2 s apart (torch's
-# default waits 15 s), and once `min` nodes are in, a round waits 10 s more for stragglers
-# before training with fewer (default 30 s); a node that comes later is taken in by a re-round.
-RENDEZVOUS_CONF = "last_call_timeout=10,keep_alive_interval=2,keep_alive_max_attempt=3"
 # What torchrun's environment needs. By default the agent of rank 0 lends its workers a store
 # that lives on across rendezvous rounds, with no prefix per round: after a node is lost, the
 # workers of the next round read the dead workers' addresses and fail to connect (and if node 0
@@ -42,7 +38,6 @@ def torchrun_command(
         "--rdzv-backend=c10d",
         f"--rdzv-endpoint={rendezvous_endpoint}",
         f"--rdzv-id={rendezvous_id}",
-        f"--rdzv-conf={RENDEZVOUS_CONF}",
         f"--max-restarts={MAX_LOCAL_RESTARTS}",
         *trainer_arguments(config, output),
     ]
