@@ -129,6 +129,10 @@ def prometheus_run(
     prometheus = Prometheus(tmp_path, {"training": trainer_port,
                                        "pretrain-operator": operator.metrics_port})  # fmt: skip
     try:
+        # Scraped once before the first step: a run that ends before Prometheus's first scrape
+        # would look stalled (its step never changes), as on a loaded machine it did.
+        wait_until(lambda: prometheus.value(f'pretrain_train_step{{job="{JOB}"}}') == 0,
+                   "Prometheus scraping the trainer before it starts", timeout=60)  # fmt: skip
         run(PretrainJobSpec.model_validate(job["spec"]), tmp_path / "out", metrics=served)
         wait_until(lambda: prometheus.value(f'pretrain_train_step{{job="{JOB}"}}') == STEPS,
                    "Prometheus scraping the last step", timeout=60)  # fmt: skip
