@@ -8,6 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from devcluster.nodes import NodePool
+
 EXAMPLES = sorted((Path(__file__).resolve().parent.parent / "examples").glob("*.yaml"))
 GROUP, VERSION = "pretrain.dev", "v1alpha1"
 
@@ -105,3 +107,24 @@ INVALID: list[tuple[str, dict[str, Any], dict[str, Any], str]] = [
     ("lora rank 0", FINETUNE, {"spec.method": {"type": "LoRA", "lora": {"rank": 0}}}, "spec.method.lora.rank"),
     ("unknown metric", FINETUNE, {"spec.evaluation": {"metrics": ["bleu"]}}, "spec.evaluation.metrics[0]"),
 ]  # fmt: skip
+
+
+# A small job for the kwok nodes of `pool`: pods are created and scheduled, never run.
+def pretrain_job(
+    name: str, pool: NodePool, min_nodes: int = 1, max_nodes: int = 1, **spec: Any
+) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "PretrainJob",
+        "metadata": {"name": name},
+        "spec": {
+            "objective": {"type": "CausalLM"},
+            "model": {"family": "gpt", "size": "tiny"},
+            "data": {"sources": [{"uri": "file:///data/corpus.jsonl"}]},
+            "training": {"globalBatchSize": 64, "microBatchSize": 8, "maxSteps": 1000},
+            "replicas": {"min": min_nodes, "max": max_nodes},
+            "resources": {"accelerator": {"type": "nvidia.com/gpu", "count": 8}},
+            "template": {"nodeSelector": pool.selector},
+            **spec,
+        },
+    }

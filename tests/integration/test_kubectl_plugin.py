@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
+from api_cases import pretrain_job
 from devcluster.nodes import NodePool, NodeShape
 from devcluster.session import ClusterSession
 from devcluster.waiting import wait_until
@@ -21,23 +22,6 @@ from devcluster.waiting import wait_until
 pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("operator")]
 
 PLUGIN_DIR = Path(sys.executable).parent  # where the venv installed kubectl-pretrain
-
-
-def job(name: str, pool: NodePool, nodes: int) -> dict[str, Any]:
-    return {
-        "apiVersion": "pretrain.dev/v1alpha1",
-        "kind": "PretrainJob",
-        "metadata": {"name": name},
-        "spec": {
-            "objective": {"type": "CausalLM"},
-            "model": {"family": "gpt", "size": "tiny"},
-            "data": {"sources": [{"uri": "file:///data/corpus.jsonl"}]},
-            "training": {"globalBatchSize": 64, "microBatchSize": 8, "maxSteps": 1000},
-            "replicas": {"min": nodes, "max": nodes},
-            "resources": {"accelerator": {"type": "nvidia.com/gpu", "count": 8}},
-            "template": {"nodeSelector": pool.selector},
-        },
-    }
 
 
 def kubectl_pretrain(cluster: ClusterSession, namespace: str, *args: str
@@ -69,7 +53,7 @@ def test_status_and_watch_of_a_running_job(
 ) -> None:
     for _ in range(2):
         node_pool.add(NodeShape(gpus=8))
-    create(cluster, namespace, job("shown", node_pool, nodes=2))
+    create(cluster, namespace, pretrain_job("shown", node_pool, 2, 2))
     wait_until(lambda: phase(cluster, namespace, "shown") == "Running", "shown Running")
 
     status = kubectl_pretrain(cluster, namespace, "status", "shown")
@@ -95,7 +79,7 @@ def test_suspend_deletes_the_pods_and_resume_brings_the_job_back(
     cluster: ClusterSession, namespace: str, node_pool: NodePool
 ) -> None:
     node_pool.add(NodeShape(gpus=8))
-    create(cluster, namespace, job("paused", node_pool, nodes=1))
+    create(cluster, namespace, pretrain_job("paused", node_pool, 1, 1))
     wait_until(lambda: phase(cluster, namespace, "paused") == "Running", "paused Running")
 
     suspended = kubectl_pretrain(cluster, namespace, "suspend", "paused")
@@ -127,7 +111,7 @@ def test_a_missing_job_and_a_missing_rank_are_clear_errors(
 
     node_pool.add(NodeShape(gpus=8))
     node_pool.add(NodeShape(gpus=8))
-    create(cluster, namespace, job("logged", node_pool, nodes=2))
+    create(cluster, namespace, pretrain_job("logged", node_pool, 2, 2))
     wait_until(lambda: phase(cluster, namespace, "logged") == "Running", "logged Running")
     no_rank = kubectl_pretrain(cluster, namespace, "logs", "logged", "--rank", "5")
     assert no_rank.returncode == 1

@@ -15,6 +15,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from api_cases import pretrain_job
 from devcluster.nodes import NodePool, NodeShape, finish_pod
 from devcluster.session import ClusterSession
 from devcluster.volumes import create_bound_claim
@@ -25,26 +26,6 @@ pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("operator")]
 
 GROUP, VERSION = "pretrain.dev", "v1alpha1"
 JOB_LABEL = "pretrain.dev/job-name"
-
-
-def pretrain_job(
-    name: str, pool: NodePool, min_nodes: int = 1, max_nodes: int = 1, **spec: Any
-) -> dict[str, Any]:
-    return {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "PretrainJob",
-        "metadata": {"name": name},
-        "spec": {
-            "objective": {"type": "CausalLM"},
-            "model": {"family": "gpt", "size": "tiny"},
-            "data": {"sources": [{"uri": "file:///data/corpus.jsonl"}]},
-            "training": {"globalBatchSize": 64, "microBatchSize": 8, "maxSteps": 1000},
-            "replicas": {"min": min_nodes, "max": max_nodes},
-            "resources": {"accelerator": {"type": "nvidia.com/gpu", "count": 8}},
-            "template": {"nodeSelector": pool.selector},
-            **spec,
-        },
-    }
 
 
 class Jobs:
