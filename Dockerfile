@@ -38,17 +38,23 @@ ENV PATH=/opt/pretrain/bin:$PATH
 USER 1000:1000
 ENTRYPOINT ["pretrain-operator"]
 
-FROM venv AS trainer-build
+FROM venv AS trainer-wheels
 COPY operator/ /src/operator/
 COPY trainer/ /src/trainer/
 RUN --mount=type=secret,id=ca-certificates \
     if [ -s "$CA" ]; then export PIP_CERT="$CA"; fi \
  && python3 -m venv /opt/pretrain \
- && /opt/pretrain/bin/pip install --quiet /src/operator /src/trainer \
- && /opt/pretrain/bin/pip uninstall --quiet --yes pip
+ && /opt/pretrain/bin/pip wheel --quiet --no-deps --wheel-dir /wheels /src/operator /src/trainer
 
+# torch with its CUDA libraries is 6 GB, so it is installed in the final stage itself (one layer)
+# rather than copied from a build stage: a copy would double the disk a build needs.
 FROM python AS trainer
-COPY --from=trainer-build /opt/pretrain /opt/pretrain
+COPY --from=trainer-wheels /opt/pretrain /opt/pretrain
+RUN --mount=type=bind,from=trainer-wheels,source=/wheels,target=/wheels \
+    --mount=type=secret,id=ca-certificates \
+    if [ -s /run/secrets/ca-certificates ]; then export PIP_CERT=/run/secrets/ca-certificates; fi \
+ && PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 /opt/pretrain/bin/pip install --quiet /wheels/*.whl \
+ && /opt/pretrain/bin/pip uninstall --quiet --yes pip
 ENV PATH=/opt/pretrain/bin:$PATH
 USER 1000:1000
 ENTRYPOINT ["pretrain"]

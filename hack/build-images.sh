@@ -4,12 +4,13 @@
 # otherwise (root, no daemon: chroot isolation; overlay storage, STORAGE_DRIVER=vfs where overlay
 # is unavailable, at the price of a full copy per layer). buildah cannot pull here, so a
 # missing base image (the Dockerfile's BASE_IMAGE) is made with debootstrap from Debian's
-# mirror and tagged under that name.
+# mirror and tagged under that name. IMAGE_TAG overrides the tag (default: the version).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 targets=("$@")
 [ ${#targets[@]} -eq 0 ] && targets=(operator trainer)
 version=$(sed -n 's/^__version__ = "\(.*\)"$/\1/p' operator/src/pretrain_operator/__init__.py)
+tag=${IMAGE_TAG:-$version}
 base=$(sed -n 's/^ARG BASE_IMAGE=//p' Dockerfile)
 suite=$(sed -n 's/^.*debian:\([a-z]*\)-.*$/\1/p' <<<"$base")
 mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
@@ -21,7 +22,7 @@ secret=()
 
 if [ -z "${BUILDAH:-}" ] && command -v docker >/dev/null && docker info >/dev/null 2>&1; then
   for target in "${targets[@]}"; do
-    docker build "${secret[@]}" --target "$target" --tag "pretrain-operator/$target:$version" .
+    docker build "${secret[@]}" --target "$target" --tag "pretrain-operator/$target:$tag" .
   done
   exit 0
 fi
@@ -43,6 +44,13 @@ if ! "${buildah[@]}" inspect --type image "$base" >/dev/null 2>&1; then
   "${buildah[@]}" commit --rm --quiet "$container" "$base" >/dev/null
 fi
 for target in "${targets[@]}"; do
+  image="pretrain-operator/$target:$tag"
+  previous=$("${buildah[@]}" inspect --type image --format '{{.FromImageID}}' "$image" 2>/dev/null || true)
   "${buildah[@]}" build --isolation chroot --layers --pull=false "${secret[@]}" --target "$target" \
-    --tag "pretrain-operator/$target:$version" .
+    --tag "$image" .
+  # The image this build replaced is left untagged; the trainer's is 6 GB, so free it (a no-op
+  # when the build reused it or another tag still names it).
+  if [ -n "$previous" ] && [ "$previous" != "$("${buildah[@]}" inspect --type image --format '{{.FromImageID}}' "$image")" ]; then
+    "${buildah[@]}" rmi "$previous" >/dev/null 2>&1 || true
+  fi
 done
