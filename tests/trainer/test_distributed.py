@@ -197,4 +197,11 @@ def test_fsdp_trains_like_one_worker_and_its_checkpoint_resumes_alone(
     lines = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
     sizes = {line["step"]: line["world_size"] for line in lines if "world_size" in line}
     assert sizes == {1: 2, 2: 2, 3: 2, 4: 2, 5: 1, 6: 1, 7: 1, 8: 1}
+    # The resume says when it happened, in order, before the first step it trained.
+    [restart] = [line for line in lines if "restart" in line]
+    times = restart["restart"]
+    assert restart["step"] == 4 and times["world_size"] == 1
+    step_5 = next(line for line in lines if line["step"] == 5 and "loss" in line)
+    assert (times["process_started"] <= times["restore_started"] <= times["restored"]
+            <= times["loop_started"] <= step_5["time"])  # fmt: skip
     assert largest_relative_difference(step_losses(reference), step_losses(output)) < 1e-4

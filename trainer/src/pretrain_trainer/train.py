@@ -38,6 +38,7 @@ from pretrain_trainer.export import export_model
 from pretrain_trainer.metrics import TrainerMetrics, flops_per_token, peak_flops
 from pretrain_trainer.models.core import Block, count_parameters
 from pretrain_trainer.objectives.base import Batch, Objective
+from pretrain_trainer.timing import process_start_time
 from pretrain_trainer.tokenizer import limited, load_tokenizer, special_ids, train_tokenizer
 
 VALIDATION_SEQUENCES = 32  # per source
@@ -221,6 +222,17 @@ def _parallel(loss: LossModule, spec: PretrainJobSpec, runtime: Runtime) -> nn.M
     return nn.parallel.DistributedDataParallel(loss, device_ids=ids, find_unused_parameters=True)
 
 
+def _first_validation_loss(path: Path) -> float:
+    """The validation loss before training, from metrics.jsonl (NaN where this process has
+    none: rank 0 of a restart may run on a node without the first one's output)."""
+    if path.exists():
+        for line in path.read_text().splitlines():
+            record = json.loads(line) if line else {}
+            if record.get("step") == 0 and "eval" in record:
+                return float(record["eval"]["loss"])
+    return math.nan
+
+
 def _resume_metrics(path: Path, step: int) -> None:
     """Keep the lines of steps up to the checkpoint: the steps after it will be trained again."""
     if not path.exists():
@@ -263,7 +275,9 @@ def run(
     # FSDP replaces the parameters with sharded ones: the optimizer and the restore come after.
     parallel = _parallel(LossModule(model, objective), spec, runtime)
     optimizer = optimizer_for(model, training)
+    restore_started = time.time()
     restored = restore(found, model, optimizer) if found else None
+    restore_ended = time.time()
     start = restored.step if restored else 0
     ddp = parallel if isinstance(parallel, nn.parallel.DistributedDataParallel) else None
     forward_model: nn.Module = torch.compile(parallel) if training.compile else parallel  # type: ignore[assignment]
@@ -279,13 +293,26 @@ def run(
     evaluate_every = max(1, steps // 5)
     micro = min(training.micro_batch_size, training.global_batch_size)
     evaluation_model = parallel
-    first_eval = evaluate(evaluation_model, objective, held_out, micro, device, training.precision)
-    last_eval = first_eval
+    metrics_path = output / "metrics.jsonl"
+    if restored:
+        # The loss before training is in metrics.jsonl already: a restart does not evaluate
+        # again before its first step (it would delay every recovery for nothing).
+        first_eval = _first_validation_loss(metrics_path)
+        last_eval = (math.nan if start < steps else
+                     evaluate(evaluation_model, objective, held_out, micro, device,
+                              training.precision))  # fmt: skip
+    else:
+        first_eval = last_eval = evaluate(evaluation_model, objective, held_out, micro, device,
+                                          training.precision)  # fmt: skip
     global_batch = training.global_batch_size
     tokens = start * global_batch * pipeline.tokens_per_sample
-    metrics_path = output / "metrics.jsonl"
     if restored and runtime.main:
         _resume_metrics(metrics_path, start)
+        timeline = {"process_started": process_start_time(), "restore_started": restore_started,
+                    "restored": restore_ended, "loop_started": time.time()}  # fmt: skip
+        with metrics_path.open("a") as sink:
+            restart = {"world_size": runtime.world_size, **timeline}
+            sink.write(json.dumps({"step": start, "restart": restart}) + "\n")
     if metrics is not None:
         metrics.world_size.labels(**metrics.labels).set(runtime.world_size)
         metrics.step.labels(**metrics.labels).set(start)
@@ -451,4 +478,5 @@ def _report_line(report: StepReport) -> dict[str, Any]:
         "grad_norm": report.grad_norm,
         "tokens_per_second": report.tokens_per_second,
         "step_seconds": report.seconds,
+        "time": time.time(),
     }
