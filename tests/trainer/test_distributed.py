@@ -200,7 +200,8 @@ def test_fsdp_trains_like_one_worker_and_its_checkpoint_resumes_alone(
     # The resume says when it happened, in order, before the first step it trained.
     [restart] = [line for line in lines if "restart" in line]
     times = restart["restart"]
-    assert restart["step"] == 4 and times["world_size"] == 1
+    assert restart["step"] == 4
+    assert times["world_size"] == 1
     step_5 = next(line for line in lines if line["step"] == 5 and "loss" in line)
     assert (times["process_started"] <= times["restore_started"] <= times["restored"]
             <= times["loop_started"] <= step_5["time"])  # fmt: skip
