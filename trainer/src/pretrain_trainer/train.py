@@ -310,9 +310,9 @@ def run(
         _resume_metrics(metrics_path, start)
         timeline = {"process_started": process_start_time(), "restore_started": restore_started,
                     "restored": restore_ended, "loop_started": time.time()}  # fmt: skip
-        with metrics_path.open("a") as sink:
-            restart = {"world_size": runtime.world_size, **timeline}
-            sink.write(json.dumps({"step": start, "restart": restart}) + "\n")
+        restart = {"step": start, "restart": {"world_size": runtime.world_size, **timeline}}
+        with metrics_path.open("a") as lines:
+            lines.write(json.dumps(restart) + "\n")
     if metrics is not None:
         metrics.world_size.labels(**metrics.labels).set(runtime.world_size)
         metrics.step.labels(**metrics.labels).set(start)
