@@ -78,7 +78,7 @@ cluster-down: venv ## stop the local control plane
 
 BENCH_ARGS ?=
 .PHONY: bench
-bench: venv tools ## benchmarks, each against its baseline in the same run (BENCHMARKS.md); about 15 min
+bench: venv tools ## benchmarks, each against its baseline in the same run (BENCHMARKS.md); about 20 min
 	$(PY) -m bench $(BENCH_ARGS)
 
 # ---- images -----------------------------------------------------------------------------

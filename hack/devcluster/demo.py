@@ -12,7 +12,6 @@ import contextlib
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -25,12 +24,9 @@ from kubernetes import client
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from devcluster import tools
-from devcluster.controlplane import ControlPlaneError, LocalCluster, free_port
-from devcluster.localnode.pool import LocalNodePool
+from devcluster.controlplane import ControlPlaneError
 from devcluster.session import ClusterSession
-from devcluster.volumes import create_bound_claim
-from devcluster.waiting import wait_until
+from devcluster.system import REPO, LocalSystem, local_system
 
 # The jobs the demo runs, applied in this order from examples/. A job that depends on another
 # (a FinetuneJob whose base is a PretrainJob) waits for it by itself: adding one is its
@@ -38,10 +34,6 @@ from devcluster.waiting import wait_until
 # The PretrainJob, then a FinetuneJob that waits for it and starts from its last checkpoint.
 DEMO_JOBS = ["demo-bert-tiny.yaml", "finetune-from-pretrain.yaml"]
 NAMESPACE = "demo"
-RESTRICTED = {
-    "pod-security.kubernetes.io/enforce": "restricted",
-    "pod-security.kubernetes.io/enforce-version": "latest",
-}
 GROUP, VERSION = "pretrain.dev", "v1alpha1"
 PLURALS = {"PretrainJob": "pretrainjobs", "FinetuneJob": "finetunejobs"}
 SHORT_NAMES = {"PretrainJob": "ptj", "FinetuneJob": "ftj"}
@@ -96,96 +88,24 @@ def last_loss(metrics: Path) -> float | None:
 
 
 class Demo:
-    def __init__(self, repo: Path, directory: Path, nodes: int, console: Console) -> None:
-        self.repo, self.directory, self.nodes, self.console = repo, directory, nodes, console
-        self.data = directory / "data"
-        self.stack = contextlib.ExitStack()
+    def __init__(self, directory: Path, nodes: int, console: Console) -> None:
+        self.directory, self.nodes, self.console = directory, nodes, console
 
     def step(self, text: str) -> None:
         self.console.print(f"[bold cyan]>[/] {text}")
 
     def run(self, timeout: float) -> int:
-        with self.stack:
-            session = self._control_plane()
-            self._operator(session)
-            self._local_nodes(session)
-            manifests = self._workload(session)
-            views = self._watch(session, manifests, timeout)
-        self._summary(views)
+        with local_system(self.directory, self.nodes, NAMESPACE, self.step) as system:
+            manifests = self._apply(system)
+            views = self._watch(system.session, manifests, timeout)
+        self._summary(views, system.checkpoints)
         return 0 if views and all(v.phase == "Succeeded" for v in views) else 1
 
-    def _control_plane(self) -> ClusterSession:
-        self.step(f"control plane (etcd, kube-apiserver, scheduler, ...) in {self.directory}")
-        binaries = tools.ensure_all()
-        cluster = LocalCluster(self.directory / "cluster", binaries)
-        if cluster.is_running():
-            cluster.stop()  # left by an earlier demo that was killed
-        cluster.start()
-        self.stack.callback(cluster.stop)
-        session = ClusterSession(cluster.kubeconfig, binaries, local=True)
-        session.kubectl("apply", "--server-side", "-f", str(self.repo / "crds"))
-        session.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd", "--all")
-        return session
-
-    def _operator(self, session: ClusterSession) -> None:
-        self.step("operator (from source; its log: operator.log)")
-        log = (self.directory / "operator.log").open("ab")
-        self.stack.callback(log.close)
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "pretrain_operator",
-                f"--metrics-port={free_port()}",
-                f"--health-port={free_port()}",
-                "--resync-seconds=2",
-            ],
-            env={**os.environ, "KUBECONFIG": str(session.kubeconfig)},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-
-        def stop() -> None:
-            process.terminate()
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-
-        self.stack.callback(stop)
-
-    def _local_nodes(self, session: ClusterSession) -> None:
-        pool = LocalNodePool(
-            session.kubeconfig, self.directory / "nodes", session.core, name="demo"
-        )
-        self.stack.callback(pool.close)
-        for _ in range(self.nodes):
-            node = pool.add()
-            self.step(f"local node {node} Ready (pods run as processes here)")
-
-    def _workload(self, session: ClusterSession) -> list[dict[str, Any]]:
-        core = session.core
-        core.create_namespace({"metadata": {"name": NAMESPACE, "labels": RESTRICTED}})
-        wait_until(
-            lambda: core.list_namespaced_service_account(NAMESPACE).items,
-            "the default ServiceAccount",
-        )
-        corpus = self.data / "corpus"
-        if not (corpus / "docs-classify" / "train.jsonl").exists():  # labeled sets too
-            self.step("bundled corpus (python -m pretrain_trainer.corpus)")
-            subprocess.run(
-                [sys.executable, "-m", "pretrain_trainer.corpus", str(corpus)],
-                check=True,
-                stdout=subprocess.DEVNULL,
-            )
-        checkpoints = self.data / "checkpoints"
-        checkpoints.mkdir(parents=True, exist_ok=True)
-        create_bound_claim(core, NAMESPACE, "corpus", str(corpus))
-        create_bound_claim(core, NAMESPACE, "checkpoints", str(checkpoints))
+    def _apply(self, system: LocalSystem) -> list[dict[str, Any]]:
         manifests = []
         for name in DEMO_JOBS:
-            path = self.repo / "examples" / name
-            session.kubectl("apply", "-n", NAMESPACE, "-f", str(path))
+            path = REPO / "examples" / name
+            system.session.kubectl("apply", "-n", NAMESPACE, "-f", str(path))
             manifests.append(yaml.safe_load(path.read_text()))
             self.step(f"applied examples/{name}")
         return manifests
@@ -242,10 +162,10 @@ class Demo:
                 time.sleep(1.0)
         return views
 
-    def _summary(self, views: list[JobView]) -> None:
+    def _summary(self, views: list[JobView], checkpoints: Path) -> None:
         for view in views:
             colour = "green" if view.phase == "Succeeded" else "red"
-            artifacts = self.data / "checkpoints" / view.name
+            artifacts = checkpoints / view.name
             # The status shows the last loss the operator scraped; the trainer's own record of
             # the last step is in metrics.jsonl beside the model.
             loss = last_loss(artifacts / "metrics.jsonl")
@@ -279,16 +199,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=1800, help="seconds to wait for the jobs")
     args = parser.parse_args(argv)
     console = Console()
-    repo = Path.cwd()
-    if not (repo / "examples").is_dir() or not (repo / "crds").is_dir():
-        console.print("demo: run it from the repository root (make demo)")
-        return 2
     if os.geteuid() != 0:
         console.print("demo: needs root: local nodes give every pod network and mount namespaces")
         return 2
     directory = args.dir.resolve()
     directory.mkdir(parents=True, exist_ok=True)
-    demo = Demo(repo, directory, args.nodes, console)
+    demo = Demo(directory, args.nodes, console)
     with _sigterm_as_interrupt():
         try:
             return demo.run(args.timeout)

@@ -1,0 +1,109 @@
+"""The whole system on this machine: a local control plane with the CRDs, the operator (from
+source), local nodes that really run pods, and a restricted namespace whose claims `corpus` (the
+bundled corpus) and `checkpoints` are directories here. What `make demo` and the recovery
+benchmark run jobs on. Needs root (local nodes create namespaces)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from devcluster import tools
+from devcluster.controlplane import LocalCluster, free_port
+from devcluster.localnode.pool import LocalNodePool
+from devcluster.session import ClusterSession
+from devcluster.volumes import create_bound_claim
+from devcluster.waiting import wait_until
+
+REPO = Path(__file__).resolve().parents[2]
+RESTRICTED = {
+    "pod-security.kubernetes.io/enforce": "restricted",
+    "pod-security.kubernetes.io/enforce-version": "latest",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class LocalSystem:
+    session: ClusterSession
+    nodes: LocalNodePool
+    namespace: str
+    corpus: Path  # the claim `corpus`: pvc://corpus/... in a job
+    checkpoints: Path  # the claim `checkpoints`: a job's directory is checkpoints/<job name>
+
+
+@contextlib.contextmanager
+def local_system(
+    directory: Path, nodes: int, namespace: str, say: Callable[[str], None] = lambda _: None
+) -> Iterator[LocalSystem]:
+    """Start everything under `directory` (state, logs, and data/: the claims' directories),
+    yield it, and stop everything again; data/ stays."""
+    with contextlib.ExitStack() as stack:
+        say(f"control plane (etcd, kube-apiserver, scheduler, ...) in {directory}")
+        session = _control_plane(directory, stack)
+        say(f"operator (from source; its log: {directory / 'operator.log'})")
+        _operator(session, directory / "operator.log", stack)
+        pool = LocalNodePool(session.kubeconfig, directory / "nodes", session.core,
+                             name=namespace)  # fmt: skip
+        stack.callback(pool.close)
+        for _ in range(nodes):
+            say(f"local node {pool.add()} Ready (pods run as processes here)")
+        corpus, checkpoints = _namespace(session, namespace, directory / "data", say)
+        yield LocalSystem(session, pool, namespace, corpus, checkpoints)
+
+
+def _control_plane(directory: Path, stack: contextlib.ExitStack) -> ClusterSession:
+    binaries = tools.ensure_all()
+    cluster = LocalCluster(directory / "cluster", binaries)
+    if cluster.is_running():
+        cluster.stop()  # left by an earlier run that was killed
+    cluster.start()
+    stack.callback(cluster.stop)
+    session = ClusterSession(cluster.kubeconfig, binaries, local=True)
+    session.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
+    session.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd", "--all")
+    return session
+
+
+def _operator(session: ClusterSession, log_path: Path, stack: contextlib.ExitStack) -> None:
+    log = stack.enter_context(log_path.open("ab"))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pretrain_operator", f"--metrics-port={free_port()}",
+         f"--health-port={free_port()}", "--resync-seconds=2"],
+        env={**os.environ, "KUBECONFIG": str(session.kubeconfig)},
+        stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+
+    def stop() -> None:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+    stack.callback(stop)
+
+
+def _namespace(
+    session: ClusterSession, namespace: str, data: Path, say: Callable[[str], None]
+) -> tuple[Path, Path]:
+    core = session.core
+    core.create_namespace({"metadata": {"name": namespace, "labels": RESTRICTED}})
+    wait_until(
+        lambda: core.list_namespaced_service_account(namespace).items,
+        "the default ServiceAccount",
+    )
+    corpus = data / "corpus"
+    if not (corpus / "docs-classify" / "train.jsonl").exists():  # labeled sets too
+        say("bundled corpus (python -m pretrain_trainer.corpus)")
+        subprocess.run([sys.executable, "-m", "pretrain_trainer.corpus", str(corpus)],
+                       check=True, stdout=subprocess.DEVNULL)  # fmt: skip
+    checkpoints = data / "checkpoints"
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    create_bound_claim(core, namespace, "corpus", str(corpus))
+    create_bound_claim(core, namespace, "checkpoints", str(checkpoints))
+    return corpus, checkpoints
