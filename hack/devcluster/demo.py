@@ -2,7 +2,8 @@
 (from source), two local nodes that really run pods, and the jobs of DEMO_JOBS applied in a
 restricted namespace; a progress bar per job (phase, step/total, loss, tokens/s) until every job
 has Succeeded, then where the artifacts are. Everything started is stopped again, on Ctrl-C too;
-the artifacts stay in the demo directory. Needs root (local nodes create namespaces).
+the artifacts stay in the demo directory until the next demo. Needs root (local nodes create
+namespaces).
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -41,7 +42,9 @@ def local_system(
     directory: Path, nodes: int, namespace: str, say: Callable[[str], None] = lambda _: None
 ) -> Iterator[LocalSystem]:
     """Start everything under `directory` (state, logs, and data/: the claims' directories),
-    yield it, and stop everything again; data/ stays."""
+    yield it, and stop everything again. Each start begins afresh: the cluster's state and the
+    checkpoints of an earlier run are removed (data/checkpoints stays until then; the corpus
+    is kept for the next run)."""
     with contextlib.ExitStack() as stack:
         say(f"control plane (etcd, kube-apiserver, scheduler, ...) in {directory}")
         session = _control_plane(directory, stack)
@@ -61,6 +64,7 @@ def _control_plane(directory: Path, stack: contextlib.ExitStack) -> ClusterSessi
     cluster = LocalCluster(directory / "cluster", binaries)
     if cluster.is_running():
         cluster.stop()  # left by an earlier run that was killed
+    shutil.rmtree(cluster.directory, ignore_errors=True)  # its jobs, namespaces, claims
     cluster.start()
     stack.callback(cluster.stop)
     session = ClusterSession(cluster.kubeconfig, binaries, local=True)
@@ -103,7 +107,8 @@ def _namespace(
         subprocess.run([sys.executable, "-m", "pretrain_trainer.corpus", str(corpus)],
                        check=True, stdout=subprocess.DEVNULL)  # fmt: skip
     checkpoints = data / "checkpoints"
-    checkpoints.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(checkpoints, ignore_errors=True)  # the jobs would resume finished
+    checkpoints.mkdir(parents=True)
     create_bound_claim(core, namespace, "corpus", str(corpus))
     create_bound_claim(core, namespace, "checkpoints", str(checkpoints))
     return corpus, checkpoints
