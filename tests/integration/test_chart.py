@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
+from api_cases import pretrain_job
 from devcluster.nodes import NodePool, NodeShape
 from devcluster.session import ClusterSession
 from devcluster.waiting import wait_until
@@ -143,18 +144,8 @@ def test_helm_install_then_the_operator_as_its_service_account_runs_a_job(
     assert whoami.stdout == f"system:serviceaccount:{NAMESPACE}:{RELEASE}"
 
     node_pool.add(NodeShape(gpus=8))
-    job = {
-        "apiVersion": "pretrain.dev/v1alpha1", "kind": "PretrainJob",
-        "metadata": {"name": "charted", "namespace": namespace},
-        "spec": {
-            "objective": {"type": "CausalLM"}, "model": {"family": "gpt", "size": "tiny"},
-            "data": {"sources": [{"uri": "file:///data/corpus.jsonl"}]},
-            "training": {"globalBatchSize": 64, "microBatchSize": 8, "maxSteps": 1000},
-            "replicas": {"min": 1, "max": 1},
-            "resources": {"accelerator": {"type": "nvidia.com/gpu", "count": 8}},
-            "template": {"nodeSelector": node_pool.selector},
-        },
-    }  # fmt: skip
+    job = pretrain_job("charted", node_pool)
+    job["metadata"]["namespace"] = namespace
     cluster.kubectl("apply", "-f", "-", stdin=yaml.safe_dump(job))
 
     def running() -> bool:

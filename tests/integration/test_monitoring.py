@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
+from api_cases import pretrain_job
 from devcluster.controlplane import free_port
 from devcluster.nodes import NodePool, NodeShape
 from devcluster.session import ClusterSession
@@ -99,18 +100,8 @@ def prometheus_run(
     """Prometheus that scraped a whole training run and the operator reconciling a job."""
     # The operator reconciles a job to Running (jobs by phase, pods created, time to Running).
     node_pool.add(NodeShape(gpus=8))
-    reconciled = {
-        "apiVersion": "pretrain.dev/v1alpha1", "kind": "PretrainJob",
-        "metadata": {"name": "reconciled", "namespace": namespace},
-        "spec": {
-            "objective": {"type": "CausalLM"}, "model": {"family": "gpt", "size": "tiny"},
-            "data": {"sources": [{"uri": "file:///data/corpus.jsonl"}]},
-            "training": {"globalBatchSize": 64, "microBatchSize": 8, "maxSteps": 1000},
-            "replicas": {"min": 1, "max": 1},
-            "resources": {"accelerator": {"type": "nvidia.com/gpu", "count": 8}},
-            "template": {"nodeSelector": node_pool.selector},
-        },
-    }  # fmt: skip
+    reconciled = pretrain_job("reconciled", node_pool)
+    reconciled["metadata"]["namespace"] = namespace
     cluster.kubectl("apply", "-f", "-", stdin=yaml.safe_dump(reconciled))
 
     # A real CPU training run, the trainer's metrics served as a node pod serves them. It runs

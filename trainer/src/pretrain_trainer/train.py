@@ -4,7 +4,6 @@ validation loss, `metrics.jsonl`, and the export of the trained model."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import time
@@ -17,7 +16,6 @@ import torch
 from tokenizers import Tokenizer
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-from torch.distributed.tensor import DTensor
 
 from pretrain_operator.api import PretrainJobSpec
 from pretrain_operator.api.common import Decay, OptimizerName, Precision, Strategy, Training
@@ -38,6 +36,7 @@ from pretrain_trainer.export import export_model
 from pretrain_trainer.metrics import TrainerMetrics, flops_per_token, peak_flops
 from pretrain_trainer.models.core import Block, count_parameters
 from pretrain_trainer.objectives.base import Batch, Objective
+from pretrain_trainer.step import autocast, optimizer_step, to_device
 from pretrain_trainer.timing import process_start_time
 from pretrain_trainer.tokenizer import limited, load_tokenizer, special_ids, train_tokenizer
 
@@ -111,13 +110,6 @@ def total_steps(training: Training, sequence_length: int, override: int | None) 
     return max(1, math.ceil(training.max_tokens / (training.global_batch_size * sequence_length)))
 
 
-def autocast(device: torch.device, precision: Precision) -> contextlib.AbstractContextManager[Any]:
-    if precision == Precision.FP32 or (device.type == "cpu" and precision != Precision.BF16):
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == Precision.BF16 else torch.float16
-    return torch.autocast(device.type, dtype=dtype)
-
-
 def prepare_tokenizer(
     spec: PretrainJobSpec, output: Path, runtime: Runtime, checkpoint: Path | None = None
 ) -> Tokenizer:
@@ -160,10 +152,6 @@ def _make_tokenizer(spec: PretrainJobSpec, output: Path) -> Tokenizer:
     return tokenizer
 
 
-def _to(batch: Batch, device: torch.device) -> Batch:
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-
-
 def evaluate(
     model: nn.Module,
     objective: Objective,
@@ -183,7 +171,7 @@ def evaluate(
     sums: dict[str, torch.Tensor] = {}
     with torch.no_grad(), autocast(device, precision):
         for batch in batches:
-            for name, value in model(_to(batch, device)).items():
+            for name, value in model(to_device(batch, device)).items():
                 sums[name] = sums[name] + value.float() if name in sums else value.float()
     model.train()
     return float(objective.combine(sums, objective.counts(batches)))
@@ -275,6 +263,7 @@ def run(
     # FSDP replaces the parameters with sharded ones: the optimizer and the restore come after.
     parallel = _parallel(LossModule(model, objective), spec, runtime)
     optimizer = optimizer_for(model, training)
+    parameters = [p for p in model.parameters() if p.requires_grad]
     restore_started = time.time()
     restored = restore(found, model, optimizer) if found else None
     restore_ended = time.time()
@@ -336,32 +325,13 @@ def run(
             batches = [objective.prepare(local_samples[k : k + micro], local_indices[k : k + micro])
                        for k in range(0, len(local_samples), micro)]  # fmt: skip
             waited = time.perf_counter() - started
-            # Each loss term is divided by its target count over the whole step (all
-            # micro-batches of all ranks), so the loss does not depend on how the step is split.
-            local_counts = objective.counts(batches)
-            keys = sorted(local_counts)
-            counts = dict(zip(keys, all_sum([local_counts[k] for k in keys], runtime), strict=True))
             rate = learning_rate(training, step - 1, steps)
-            for group in optimizer.param_groups:
-                group["lr"] = rate
-            optimizer.zero_grad(set_to_none=True)
-            loss_total = torch.zeros((), device=device)
-            for number, batch in enumerate(batches):
-                # DDP averages gradients over ranks; scaling by the world size turns the
-                # average back into the sum the global normalisation needs.
-                accumulating = ddp is not None and number < len(batches) - 1
-                gradients = ddp.no_sync() if ddp and accumulating else contextlib.nullcontext()
-                with gradients, autocast(device, training.precision):
-                    loss = objective.combine(forward_model(_to(batch, device)), counts)
-                    (loss * runtime.world_size).backward()
-                loss_total += loss.detach()
-            clip = training.gradient_clipping or float("inf")
-            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-            grad_norm = float(norm.full_tensor() if isinstance(norm, DTensor) else norm)
-            optimizer.step()
+            loss_total, grad_norm = optimizer_step(batches, objective, forward_model, ddp,
+                                                   parameters, optimizer, rate, training,
+                                                   runtime, device)  # fmt: skip
             # One collective for the loss and for SIGTERM: ranks see the signal at different
             # steps, and must all stop (and save, a collective) at the same one.
-            step_loss, stops = all_sum([float(loss_total), float(stop_requested())], runtime)
+            step_loss, stops = all_sum([loss_total, float(stop_requested())], runtime)
             tokens += global_batch * pipeline.tokens_per_sample
             elapsed = time.perf_counter() - started
             report = StepReport(

@@ -13,7 +13,6 @@ schedule, autocast, loss normalisation over the global step, DDP, DCP checkpoint
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -52,11 +51,11 @@ from pretrain_trainer.finetune.tasks import TaskObjective
 from pretrain_trainer.metrics import TrainerMetrics
 from pretrain_trainer.models.gpt import GPT
 from pretrain_trainer.models.vit import ViT
+from pretrain_trainer.step import autocast, optimizer_step
 from pretrain_trainer.train import (
     LossModule,
     StepReport,
     StopRequestedError,
-    autocast,
     learning_rate,
     optimizer_for,
 )
@@ -240,6 +239,7 @@ def run_finetune(
         train, validation, mean, std = standardized(train, validation)
     count = trainable(model)
     optimizer = optimizer_for(model, training)
+    parameters = [p for p in model.parameters() if p.requires_grad]
     output.mkdir(parents=True, exist_ok=True)
     found = latest(checkpoints)
     start = restore(found, model, optimizer).step if found else 0
@@ -284,27 +284,10 @@ def run_finetune(
             chosen = [train[order(training.seed, len(train), i)] for i in mine]
             batches = [objective.prepare(chosen[k : k + micro], mine[k : k + micro])
                        for k in range(0, len(chosen), micro)]  # fmt: skip
-            local = objective.counts(batches)
-            keys = sorted(local)
-            counts = dict(zip(keys, all_sum([local[k] for k in keys], runtime), strict=True))
             rate = learning_rate(training, step - 1, steps)
-            for group in optimizer.param_groups:
-                group["lr"] = rate
-            optimizer.zero_grad(set_to_none=True)
-            total = torch.zeros((), device=device)
-            for number, batch in enumerate(batches):
-                quiet = ddp is not None and number < len(batches) - 1
-                with ddp.no_sync() if ddp and quiet else contextlib.nullcontext(), \
-                        autocast(device, training.precision):  # fmt: skip
-                    loss = objective.combine(parallel({k: v.to(device) for k, v in batch.items()}),
-                                             counts)  # fmt: skip
-                    (loss * runtime.world_size).backward()
-                total += loss.detach()
-            clip = training.gradient_clipping or float("inf")
-            norm = float(torch.nn.utils.clip_grad_norm_(
-                [p for p in model.parameters() if p.requires_grad], clip))  # fmt: skip
-            optimizer.step()
-            step_loss = all_sum([float(total)], runtime)[0]
+            total, norm = optimizer_step(batches, objective, parallel, ddp, parameters, optimizer,
+                                         rate, training, runtime, device)  # fmt: skip
+            step_loss = all_sum([total], runtime)[0]
             elapsed = time.perf_counter() - started
             report = StepReport(step=step, total_steps=steps, loss=step_loss,
                                 tokens=step * global_batch,
