@@ -7,7 +7,7 @@ ratio is pre-trained / from scratch (above 1: pre-training pays).
 Everything runs through `pretrain run` (this process), on the offline sets of
 `pretrain_trainer.labeled`.
 
-    python -m bench.transfer --pretrain-steps 1500 --labels 240
+    python -m bench.transfer docs --pretrain-steps 1500 --labels 80
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import contextlib
 import io
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,27 +35,62 @@ from pretrain_trainer.tokenizer import load_tokenizer
 METHODS = {"Full": (1.0e-3, 120), "LinearProbe": (1.0e-2, 300)}  # learning rate, steps
 
 
-def pretraining(steps: int) -> dict[str, Any]:
-    return {
-        "objective": {"type": "MaskedLM"}, "model": {"family": "bert", "size": "tiny"},
-        "tokenizer": {"type": "WordPiece", "vocabSize": 2048},
-        "data": {"sources": [{"uri": "pvc://corpus/docs-unlabeled.jsonl"}],
-                 "sequenceLength": 64, "validationFraction": 0.02},
-        "training": {"globalBatchSize": 32, "microBatchSize": 32, "maxSteps": steps,
-                     "precision": "fp32", "optimizer": {"learningRate": 1.0e-3},
-                     "schedule": {"warmupSteps": max(5, steps // 20)}},
-        "checkpoint": {"everySteps": 500},
-    }  # fmt: skip
+@dataclass(frozen=True, slots=True)
+class Task:
+    """A pre-training on unlabeled data and the labeled task it is measured on."""
+
+    family: str  # the base's model family, also the pre-training's name
+    pretraining: dict[str, Any]  # the PretrainJob spec, less maxSteps
+    task: dict[str, Any]  # the FinetuneJob's spec.task
+    labeled: str  # the labeled set's directory under the corpus
 
 
-def finetuning(method: str, base: dict[str, Any], train: str) -> dict[str, Any]:
+TASKS = {
+    # Masked LM on the docstrings outside the held-out set; their module family as the label.
+    "docs": Task(
+        "bert",
+        {"objective": {"type": "MaskedLM"}, "model": {"family": "bert", "size": "tiny"},
+         "tokenizer": {"type": "WordPiece", "vocabSize": 2048},
+         "data": {"sources": [{"uri": "pvc://corpus/docs-unlabeled.jsonl"}],
+                  "sequenceLength": 64, "validationFraction": 0.02},
+         "training": {"globalBatchSize": 32, "microBatchSize": 32}},
+        {"type": "SequenceClassification", "numLabels": 4},
+        "docs-classify",
+    ),
+    # MAE on the digits outside the held-out set.
+    "digits": Task(
+        "vit",
+        {"objective": {"type": "MaskedImage"},
+         "model": {"family": "vit", "size": "tiny",
+                   "overrides": {"imageSize": 32, "patchSize": 4}},
+         "data": {"sources": [{"uri": "pvc://corpus/digits-unlabeled", "format": "imagefolder"}],
+                  "validationFraction": 0.05},
+         "training": {"globalBatchSize": 64, "microBatchSize": 64,
+                      "optimizer": {"weightDecay": 0.05}}},
+        {"type": "ImageClassification", "numLabels": 10},
+        "digits-labeled",
+    ),
+}  # fmt: skip
+
+
+def pretraining(task: Task, steps: int) -> dict[str, Any]:
+    spec = json.loads(json.dumps(task.pretraining))
+    spec["training"].update({
+        "maxSteps": steps, "precision": "fp32",
+        "optimizer": {"learningRate": 1.0e-3, **spec["training"].get("optimizer", {})},
+        "schedule": {"warmupSteps": max(5, steps // 20)},
+    })  # fmt: skip
+    return {**spec, "checkpoint": {"everySteps": 500}}
+
+
+def finetuning(task: Task, method: str, base: dict[str, Any], train: str) -> dict[str, Any]:
     rate, steps = METHODS[method]
     return {
         "base": base,
-        "task": {"type": "SequenceClassification", "numLabels": 4},
+        "task": task.task,
         "method": {"type": method},
-        "data": {"train": {"uri": f"pvc://corpus/docs-classify/{train}"},
-                 "validation": {"uri": "pvc://corpus/docs-classify/validation.jsonl"},
+        "data": {"train": {"uri": f"pvc://corpus/{task.labeled}/{train}"},
+                 "validation": {"uri": f"pvc://corpus/{task.labeled}/validation.jsonl"},
                  "sequenceLength": 96},
         "evaluation": {"everySteps": steps, "metrics": ["accuracy", "macroF1"]},
         "training": {"globalBatchSize": 32, "microBatchSize": 32, "maxSteps": steps,
@@ -83,18 +119,19 @@ def accuracy(output: Path) -> float:
     return float([line["eval"] for line in lines if "eval" in line][-1]["accuracy"])
 
 
-def scratch_base(pretrained: Path, steps: int, directory: Path) -> Path:
+def scratch_base(task: Task, pretrained: Path, steps: int, directory: Path) -> Path:
     """The pre-training's architecture, initial weights and tokenizer, untrained."""
-    spec = PretrainJobSpec.model_validate(pretraining(steps))
-    tokenizer = load_tokenizer(pretrained / "model" / "tokenizer.json")
+    spec = PretrainJobSpec.model_validate(pretraining(task, steps))
+    tokenizer_file = pretrained / "model" / "tokenizer.json"
+    tokenizer = load_tokenizer(tokenizer_file) if tokenizer_file.exists() else None
     torch.manual_seed(spec.training.seed)  # the initial weights the pre-training started from
-    model = build_model(spec, tokenizer.get_vocab_size())
+    model = build_model(spec, tokenizer.get_vocab_size() if tokenizer else 0)
     return export_model(model, spec, tokenizer, directory)
 
 
 def label_budget(directory: Path, labels: int) -> str:
-    """The first `labels` training records, as many of each label (the set is balanced); the
-    file's name beside train.jsonl."""
+    """The first `labels` training records, as many of each label; the file's name beside
+    train.jsonl (train.jsonl itself for all of them)."""
     records = [json.loads(line) for line in (directory / "train.jsonl").read_text().splitlines()]
     if labels >= len(records):
         return "train.jsonl"
@@ -106,38 +143,42 @@ def label_budget(directory: Path, labels: int) -> str:
     return target
 
 
-def measure(root: Path, pretrain_steps: int, labels: int) -> dict[str, Any]:
+def measure(root: Path, name: str, pretrain_steps: int, labels: int) -> dict[str, Any]:
+    task = TASKS[name]
     corpus = root / "corpus"
     if not (corpus / "docs-classify" / "train.jsonl").exists():
         build_text_corpus(corpus)
         build_image_corpus(corpus)
         build_labeled(corpus)
-    train = label_budget(corpus / "docs-classify", labels)
-    base = root / f"bert-{pretrain_steps}"
+    train = label_budget(corpus / task.labeled, labels)
+    base = root / f"{task.family}-{pretrain_steps}"
     if not (base / "model").is_dir():
-        run("PretrainJob", pretraining(pretrain_steps), base, root)
-    untrained = scratch_base(base, pretrain_steps, root / f"scratch-{pretrain_steps}")
+        run("PretrainJob", pretraining(task, pretrain_steps), base, root)
+    untrained = scratch_base(task, base, pretrain_steps, root / f"{task.family}-untrained")
     rows = {}
     for method in METHODS:
         scores = {}
         # The base's kind in the spec; `--base` says where this machine has it.
         bases: dict[str, tuple[dict[str, Any], Path]] = {
-            "pretrained": ({"pretrainJob": "bert"}, base),
+            "pretrained": ({"pretrainJob": task.family}, base),
             "scratch": ({"huggingFace": {"uri": "file:///scratch"}}, untrained),
         }
-        for name, (kind, directory) in bases.items():
-            output = root / f"{method}-{name}-{pretrain_steps}-{train.removesuffix('.jsonl')}"
+        for side, (kind, directory) in bases.items():
+            output = (
+                root / f"{name}-{method}-{side}-{pretrain_steps}-{train.removesuffix('.jsonl')}"
+            )
             if not (output / "model").is_dir():
-                run("FinetuneJob", finetuning(method, kind, train), output, root,
+                run("FinetuneJob", finetuning(task, method, kind, train), output, root,
                     "--base", str(directory))  # fmt: skip
-            scores[name] = accuracy(output)
+            scores[side] = accuracy(output)
         rows[method] = {**scores, "ratio": scores["pretrained"] / scores["scratch"]}
-    summary = f"masked LM {pretrain_steps} steps, {labels} labels; " + "; ".join(
+    pretrained_by = task.pretraining["objective"]["type"]
+    summary = f"{name}: {pretrained_by} {pretrain_steps} steps, {labels} labels; " + "; ".join(
         f"{method}: pre-trained {row['pretrained']:.3f} vs scratch {row['scratch']:.3f} "
         f"({row['ratio']:.2f})"
         for method, row in rows.items()
     )
-    return {"pretrain_steps": pretrain_steps, "labels": labels, "methods": rows,
+    return {"task": name, "pretrain_steps": pretrain_steps, "labels": labels, "methods": rows,
             "summary": summary}  # fmt: skip
 
 
@@ -147,13 +188,14 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("task", choices=sorted(TASKS))
     parser.add_argument("--pretrain-steps", type=int, default=1500)
-    parser.add_argument("--labels", type=int, default=240, help="labeled examples (up to 240)")
+    parser.add_argument("--labels", type=int, default=80, help="labeled examples to train on")
     parser.add_argument("--dir", type=Path, default=Path(".bench") / "transfer",
                         help="corpus, runs (kept: a rerun reuses finished ones)")  # fmt: skip
     args = parser.parse_args(argv)
     args.dir.mkdir(parents=True, exist_ok=True)
-    print(measure(args.dir.resolve(), args.pretrain_steps, args.labels)["summary"])
+    print(measure(args.dir.resolve(), args.task, args.pretrain_steps, args.labels)["summary"])
     return 0
 
 
