@@ -210,24 +210,16 @@ def _parallel(loss: LossModule, spec: PretrainJobSpec, runtime: Runtime) -> nn.M
     return nn.parallel.DistributedDataParallel(loss, device_ids=ids, find_unused_parameters=True)
 
 
-def _first_validation_loss(path: Path) -> float:
-    """The validation loss before training, from metrics.jsonl (NaN where this process has
-    none: rank 0 of a restart may run on a node without the first one's output)."""
-    if path.exists():
-        for line in path.read_text().splitlines():
-            record = json.loads(line) if line else {}
-            if record.get("step") == 0 and "eval" in record:
-                return float(record["eval"]["loss"])
-    return math.nan
-
-
-def _resume_metrics(path: Path, step: int) -> None:
-    """Keep the lines of steps up to the checkpoint: the steps after it will be trained again."""
+def resume_metrics(path: Path, step: int) -> list[dict[str, Any]]:
+    """Keep the lines of metrics.jsonl up to the checkpoint's step (the steps after it will be
+    trained again); the records kept (none where this node has no metrics.jsonl: rank 0 of a
+    restart may run without the first one's output)."""
     if not path.exists():
-        return
-    kept = [line for line in path.read_text().splitlines()
-            if line and json.loads(line)["step"] <= step]  # fmt: skip
-    path.write_text("".join(line + "\n" for line in kept))
+        return []
+    records = [json.loads(line) for line in path.read_text().splitlines() if line]
+    kept = [record for record in records if record["step"] <= step]
+    path.write_text("".join(json.dumps(record) + "\n" for record in kept))
+    return kept
 
 
 def run(
@@ -283,25 +275,17 @@ def run(
     micro = min(training.micro_batch_size, training.global_batch_size)
     evaluation_model = parallel
     metrics_path = output / "metrics.jsonl"
-    if restored:
-        # The loss before training is in metrics.jsonl already: a restart does not evaluate
-        # again before its first step (it would delay every recovery for nothing).
-        first_eval = _first_validation_loss(metrics_path)
-        last_eval = (math.nan if start < steps else
-                     evaluate(evaluation_model, objective, held_out, micro, device,
-                              training.precision))  # fmt: skip
-    else:
-        first_eval = last_eval = evaluate(evaluation_model, objective, held_out, micro, device,
-                                          training.precision)  # fmt: skip
+    # A restart does not evaluate before its first step: the loss before training is in
+    # metrics.jsonl already (evaluating again would delay every recovery for nothing).
+    last_eval = (evaluate(evaluation_model, objective, held_out, micro, device, training.precision)
+                 if not restored or start >= steps else math.nan)  # fmt: skip
+    first_eval = last_eval
+    if restored and runtime.main:
+        kept = resume_metrics(metrics_path, start)
+        first_eval = next((float(r["eval"]["loss"]) for r in kept
+                           if r["step"] == 0 and "eval" in r), math.nan)  # fmt: skip
     global_batch = training.global_batch_size
     tokens = start * global_batch * pipeline.tokens_per_sample
-    if restored and runtime.main:
-        _resume_metrics(metrics_path, start)
-        timeline = {"process_started": process_start_time(), "restore_started": restore_started,
-                    "restored": restore_ended, "loop_started": time.time()}  # fmt: skip
-        restart = {"step": start, "restart": {"world_size": runtime.world_size, **timeline}}
-        with metrics_path.open("a") as lines:
-            lines.write(json.dumps(restart) + "\n")
     if metrics is not None:
         metrics.world_size.labels(**metrics.labels).set(runtime.world_size)
         metrics.step.labels(**metrics.labels).set(start)
@@ -314,7 +298,14 @@ def run(
     writer = CheckpointWriter(checkpoints, runtime, spec.checkpoint.keep,
                               spec.checkpoint.background, sharded, _on_commit(metrics))  # fmt: skip
     try:
-        if sink and not restored:
+        # A fresh run opens with the loss before training, a resumed one with when it restarted
+        # (for the recovery benchmark, and whoever asks why a run took long).
+        if sink and restored:
+            restart = {"world_size": runtime.world_size, "process_started": process_start_time(),
+                       "restore_started": restore_started, "restored": restore_ended,
+                       "loop_started": time.time()}  # fmt: skip
+            sink.write(json.dumps({"step": start, "restart": restart}) + "\n")
+        elif sink:
             sink.write(json.dumps({"step": 0, "eval": {"loss": first_eval}}) + "\n")
         for step in range(start + 1, steps + 1):
             started = time.perf_counter()

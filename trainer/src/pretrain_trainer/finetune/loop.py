@@ -58,6 +58,7 @@ from pretrain_trainer.train import (
     StopRequestedError,
     learning_rate,
     optimizer_for,
+    resume_metrics,
 )
 
 FEATURE_BATCH = 64
@@ -268,10 +269,8 @@ def run_finetune(
         metrics.trainable_parameters.labels(**labels_of).set(count)
         metrics.world_size.labels(**labels_of).set(runtime.world_size)
     metrics_path = output / "metrics.jsonl"
-    if found and runtime.main and metrics_path.exists():
-        kept = [line for line in metrics_path.read_text().splitlines()
-                if json.loads(line)["step"] <= start]  # fmt: skip
-        metrics_path.write_text("".join(line + "\n" for line in kept))
+    if found and runtime.main:
+        resume_metrics(metrics_path, start)
     sink = metrics_path.open("a") if runtime.main else None
     try:
         if sink and not found:
