@@ -43,7 +43,7 @@ from bench.stats import difference, histogram_buckets, histogram_quantile
 from devcluster import tools
 from devcluster.controlplane import LocalCluster, free_port
 from devcluster.nodes import NodeShape, create_node, node_ready
-from devcluster.waiting import wait_until
+from devcluster.waiting import exists, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 NODES_PER_JOB = 4
@@ -241,7 +241,7 @@ def measure(core: client.CoreV1Api, workload: Workload, jobs: int,
             operator: Process | None) -> Result:  # fmt: skip
     namespace = f"bench-{workload.system}-{jobs}-{secrets.token_hex(2)}"
     core.create_namespace({"metadata": {"name": namespace}})
-    wait_until(lambda: _exists(lambda: core.read_namespaced_service_account("default", namespace)),
+    wait_until(lambda: exists(lambda: core.read_namespaced_service_account("default", namespace)),
                f"ServiceAccount default in {namespace}")  # fmt: skip
     before = operator.scrape() if operator else []
     cpu_before = operator.cpu_seconds() if operator else 0.0
@@ -273,19 +273,9 @@ def measure(core: client.CoreV1Api, workload: Workload, jobs: int,
         rss_bytes=rss, peak_rss_bytes=peak, cpu_seconds=cpu,
     )  # fmt: skip
     core.delete_namespace(namespace)
-    wait_until(lambda: not _exists(lambda: core.read_namespace(namespace)),
+    wait_until(lambda: not exists(lambda: core.read_namespace(namespace)),
                f"namespace {namespace} deleted", timeout=600, interval=1)  # fmt: skip
     return result
-
-
-def _exists(read: Callable[[], object]) -> bool:
-    try:
-        read()
-    except ApiException as error:
-        if error.status == 404:
-            return False
-        raise
-    return True
 
 
 def workloads(api: client.ApiClient) -> dict[str, Workload]:

@@ -9,18 +9,17 @@ import re
 import secrets
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
-from kubernetes.client.exceptions import ApiException
 
 from devcluster.localnode.pool import LocalNodePool
 from devcluster.nodes import NodePool
 from devcluster.session import ClusterSession, open_session
 from devcluster.volumes import create_bound_claim
-from devcluster.waiting import wait_until
+from devcluster.waiting import exists, wait_until
 from e2e_support import job_manifest
 from operator_process import OperatorProcess, install_chart, token_kubeconfig
 from pretrain_trainer.corpus import build_image_corpus, build_text_corpus
@@ -56,7 +55,7 @@ def namespace(cluster: ClusterSession, request: pytest.FixtureRequest) -> Iterat
     core.create_namespace({"metadata": {"name": name, "labels": RESTRICTED_LABELS}})
     # Pods are refused until the ServiceAccount controller has made `default` here.
     wait_until(
-        lambda: _exists(lambda: core.read_namespaced_service_account("default", name)),
+        lambda: exists(lambda: core.read_namespaced_service_account("default", name)),
         f"ServiceAccount default in {name}",
     )
     yield name
@@ -82,16 +81,6 @@ def local_nodes(
     pool = LocalNodePool(cluster.kubeconfig, tmp_path_factory.mktemp("local-nodes"), cluster.core)
     yield pool
     pool.close()
-
-
-def _exists(read: Callable[[], object]) -> bool:
-    try:
-        read()
-    except ApiException as error:
-        if error.status == 404:
-            return False
-        raise
-    return True
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,8 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
+from kubernetes.client.exceptions import ApiException
+
 T = TypeVar("T")
 
 
@@ -32,3 +34,15 @@ def wait_until(
                 f"timed out after {timeout:.0f}s waiting for {what}; last seen: {last!r}"
             )
         time.sleep(interval)
+
+
+def exists(read: Callable[[], object]) -> bool:
+    """Whether `read` (a client's read_... call) finds its object: False on 404, other errors
+    raised."""
+    try:
+        read()
+    except ApiException as error:
+        if error.status == 404:
+            return False
+        raise
+    return True
