@@ -24,12 +24,31 @@ RUN apt-get update \
 # network that intercepts TLS); a secret is never stored in a layer.
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 CA=/run/secrets/ca-certificates
 
+# Each image installs exactly what uv.lock says (versions and hashes): uv exports the image's
+# share of the lock as a hash-pinned requirements file, which pip installs with --require-hashes.
+FROM venv AS lock
+COPY hack/uv.txt /src/hack/uv.txt
+COPY pyproject.toml uv.lock /src/
+COPY operator/pyproject.toml /src/operator/
+COPY trainer/pyproject.toml /src/trainer/
+RUN --mount=type=secret,id=ca-certificates \
+    if [ -s "$CA" ]; then export PIP_CERT="$CA"; fi \
+ && python3 -m venv /opt/uv \
+ && /opt/uv/bin/pip install --quiet --require-hashes -r /src/hack/uv.txt \
+ && cd /src \
+ && /opt/uv/bin/uv export --quiet --frozen --no-default-groups --no-emit-workspace \
+      --package pretrain-operator --extra controller -o /lock/operator.txt \
+ && /opt/uv/bin/uv export --quiet --frozen --no-default-groups --no-emit-workspace \
+      --package pretrain-trainer -o /lock/trainer.txt
+
 FROM venv AS operator-build
+COPY --from=lock /lock/operator.txt /lock/operator.txt
 COPY operator/ /src/operator/
 RUN --mount=type=secret,id=ca-certificates \
     if [ -s "$CA" ]; then export PIP_CERT="$CA"; fi \
  && python3 -m venv /opt/pretrain \
- && /opt/pretrain/bin/pip install --quiet "/src/operator[controller]" \
+ && /opt/pretrain/bin/pip install --quiet --require-hashes -r /lock/operator.txt \
+ && /opt/pretrain/bin/pip install --quiet --no-deps /src/operator \
  && /opt/pretrain/bin/pip uninstall --quiet --yes pip setuptools
 
 FROM python AS operator
@@ -51,9 +70,12 @@ RUN --mount=type=secret,id=ca-certificates \
 FROM python AS trainer
 COPY --from=trainer-wheels /opt/pretrain /opt/pretrain
 RUN --mount=type=bind,from=trainer-wheels,source=/wheels,target=/wheels \
+    --mount=type=bind,from=lock,source=/lock,target=/lock \
     --mount=type=secret,id=ca-certificates \
     if [ -s /run/secrets/ca-certificates ]; then export PIP_CERT=/run/secrets/ca-certificates; fi \
- && PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 /opt/pretrain/bin/pip install --quiet /wheels/*.whl \
+ && export PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
+ && /opt/pretrain/bin/pip install --quiet --require-hashes -r /lock/trainer.txt \
+ && /opt/pretrain/bin/pip install --quiet --no-deps /wheels/*.whl \
  && /opt/pretrain/bin/pip uninstall --quiet --yes pip
 ENV PATH=/opt/pretrain/bin:$PATH
 USER 1000:1000

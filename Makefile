@@ -26,17 +26,25 @@ help: ## list the targets
 
 # ---- setting up -------------------------------------------------------------------------
 
-$(UV):
+# uv itself from hack/uv.txt (its hashes; `make lock` writes it from UV_VERSION).
+$(UV): | hack/uv.txt
 	$(PYTHON) -m venv $(CACHE)/uv-$(UV_VERSION)
-	$(CACHE)/uv-$(UV_VERSION)/bin/pip install --quiet uv==$(UV_VERSION)
+	$(CACHE)/uv-$(UV_VERSION)/bin/pip install --quiet --require-hashes -r hack/uv.txt
 
-$(VENV)/.installed: $(UV) operator/pyproject.toml trainer/pyproject.toml hack/pyproject.toml requirements-dev.txt
-	$(UV) venv --quiet --allow-existing --python $(PYTHON) $(VENV)
-	$(UV) pip install --quiet --python $(PY) -e "./operator[controller,cli]" -e ./trainer -e ./hack -r requirements-dev.txt
+# Exactly what uv.lock says (`--locked`: a lock that disagrees with a pyproject is an error, fixed
+# by `make lock`), and nothing else in the environment.
+$(VENV)/.installed: $(UV) pyproject.toml uv.lock operator/pyproject.toml trainer/pyproject.toml hack/pyproject.toml
+	UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --quiet --locked --python $(PYTHON)
 	touch $@
 
 .PHONY: venv
-venv: $(VENV)/.installed ## create .venv with the projects (editable) and the dev tools
+venv: $(VENV)/.installed ## create .venv from uv.lock: the projects (editable) and the dev tools
+
+UPGRADE ?=
+.PHONY: lock
+lock: $(UV) ## update uv.lock after a pyproject changed (UPGRADE=1: newest versions within bounds)
+	$(UV) lock $(if $(UPGRADE),--upgrade)
+	echo "uv==$(UV_VERSION)" | $(UV) pip compile --quiet --generate-hashes --universal --no-header -o hack/uv.txt -
 
 .PHONY: debian
 debian: ## install the Debian packages the tests need, if missing

@@ -13,7 +13,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from packaging.utils import canonicalize_name
 
+from lockfile import locked_versions
 from pretrain_operator import __version__
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -72,6 +74,25 @@ def run(container: str, *command: str) -> subprocess.CompletedProcess[str]:
     return buildah("run", "--isolation", "chroot", container, "--", *command, check=False)
 
 
+INSTALLED = (
+    "import importlib.metadata as m, json; "
+    "print(json.dumps({d.metadata['Name']: d.version for d in m.distributions()}))"
+)
+
+
+def assert_installed_from_the_lock(container: str, image: str) -> None:
+    """The image's environment holds exactly uv.lock's versions, and besides them only our own
+    two projects."""
+    printed = run(container, "python", "-c", INSTALLED)
+    assert printed.returncode == 0, printed.stderr
+    installed: dict[str, str] = {
+        canonicalize_name(k): v for k, v in json.loads(printed.stdout).items()
+    }
+    locked = locked_versions(image)
+    assert {name: installed.get(name) for name in locked} == locked
+    assert installed.keys() - locked.keys() <= {"pretrain-operator", "pretrain-trainer"}
+
+
 @pytest.mark.parametrize("container", ["operator"], indirect=True)
 def test_the_operator_image_runs_and_prints_its_version(
     container: tuple[str, dict[str, object]],
@@ -91,6 +112,7 @@ def test_the_operator_image_runs_and_prints_its_version(
     )
     assert run(name, "sh", "-c", probe).stdout.split("\n")[:4] == [
         "1000", "imports", "no-torch", "12 (bookworm)"]  # fmt: skip
+    assert_installed_from_the_lock(name, "operator")
 
 
 @pytest.mark.parametrize("container", ["trainer"], indirect=True)
@@ -107,3 +129,4 @@ def test_the_trainer_image_runs_torchrun_and_the_trainer(
     checked = run(name, "sh", "-c", probe)
     assert checked.returncode == 0, checked.stderr
     assert checked.stdout.startswith("2.")
+    assert_installed_from_the_lock(name, "trainer")

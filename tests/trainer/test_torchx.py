@@ -1,45 +1,33 @@
 """The TorchX component launches a tiny job to completion with `torchx run -s local_cwd`, in a
-virtualenv of its own (TorchX 0.7.0 pins urllib3<1.27, the operator's Kubernetes client >=2.8)."""
+virtualenv of its own: uv.lock's `torchx` group (TorchX 0.7.0 pins urllib3<1.27, the operator's
+Kubernetes client >=2.8)."""
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from devcluster.tools import cache_dir
+from lockfile import ROOT, uv
 from pretrain_trainer.corpus import build_text_corpus
-
-ROOT = Path(__file__).resolve().parents[2]
-TORCHX = "torchx==0.7.0"
-
-
-def uv() -> str:
-    candidates = [os.environ.get("UV", ""), *map(str, sorted(cache_dir().glob("uv-*/bin/uv"))),
-                  shutil.which("uv") or ""]  # fmt: skip
-    found = next((c for c in candidates if c and Path(c).exists()), None)
-    assert found, "uv is installed by `make venv`"
-    return found
 
 
 @pytest.fixture(scope="module")
 def torchx_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     venv = tmp_path_factory.mktemp("torchx") / "venv"
-    subprocess.run([uv(), "venv", "--quiet", "--python", "python3", str(venv)], check=True)
     subprocess.run(
-        [uv(), "pip", "install", "--quiet", "--python", str(venv / "bin" / "python"), TORCHX,
-         str(ROOT / "operator"), str(ROOT / "trainer")],
-        check=True, timeout=900,
+        [str(uv()), "sync", "--quiet", "--frozen", "--only-group", "torchx", "--python", "python3"],
+        cwd=ROOT, env={**os.environ, "UV_PROJECT_ENVIRONMENT": str(venv)}, check=True, timeout=900,
     )  # fmt: skip
     return venv
 
 
 def test_the_torchx_component_trains_a_job_to_completion(torchx_venv: Path, tmp_path: Path) -> None:
-    freeze = subprocess.run([uv(), "pip", "freeze", "--python", str(torchx_venv / "bin/python")],
+    python = str(torchx_venv / "bin/python")
+    freeze = subprocess.run([str(uv()), "pip", "freeze", "--python", python],
                             capture_output=True, text=True, check=True).stdout  # fmt: skip
     urllib3 = next(line for line in freeze.splitlines() if line.startswith("urllib3=="))
     assert urllib3.split("==")[1].startswith("1."), urllib3  # the pin that keeps it apart
