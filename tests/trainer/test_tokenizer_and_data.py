@@ -4,6 +4,8 @@ deterministic and resumable order, a disjoint validation split, clear errors."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -11,6 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from tokenizers import Tokenizer
 
 from pretrain_operator.api.pretrain import Data, TokenizerType
 from pretrain_trainer.data.mixture import source_choices
@@ -18,6 +21,7 @@ from pretrain_trainer.data.sources import DataError, documents
 from pretrain_trainer.data.text import split_texts, training_samples
 from pretrain_trainer.tokenizer import (
     SPECIAL_TOKENS,
+    canonical,
     load_tokenizer,
     special_ids,
     train_tokenizer,
@@ -38,6 +42,45 @@ def test_every_tokenizer_kind_trains_and_has_the_special_tokens(kind: TokenizerT
     assert ids.unk not in encoded.ids
     if kind != TokenizerType.BYTE:
         assert tokenizer.get_vocab_size() <= 400
+
+
+TRAIN_IN_A_NEW_PROCESS = """
+import json, sys
+from pretrain_operator.api.pretrain import TokenizerType
+from pretrain_trainer.tokenizer import train_tokenizer
+texts = json.loads(sys.stdin.read())
+print(train_tokenizer(TokenizerType(sys.argv[1]), 400, texts).to_str())
+"""
+
+
+@pytest.mark.parametrize("kind", [TokenizerType.UNIGRAM, TokenizerType.BPE])
+def test_a_tokenizer_trained_twice_in_two_processes_is_the_same(kind: TokenizerType) -> None:
+    """Hugging Face's Unigram trainer numbers its pieces in hash-map order, which differs from
+    process to process, and its scores differ in the last bits; the trained tokenizer does not."""
+    trained = [
+        subprocess.run([sys.executable, "-c", TRAIN_IN_A_NEW_PROCESS, kind.value],
+                       input=json.dumps(TEXTS), capture_output=True, text=True, check=True).stdout
+        for _ in range(2)
+    ]  # fmt: skip
+    assert trained[0] == trained[1]
+
+
+def test_wordpiece_ids_do_not_depend_on_the_order_the_trainer_numbered_them() -> None:
+    """The same WordPiece vocabulary numbered in two orders (what two processes give) is one
+    tokenizer after training: the special tokens first, then the pieces in sorted order."""
+    trained = json.loads(train_tokenizer(TokenizerType.WORD_PIECE, 400, TEXTS).to_str())
+    vocab = trained["model"]["vocab"]
+    pieces = sorted(vocab, key=vocab.__getitem__)[len(SPECIAL_TOKENS) :]
+    renumbered = []
+    for order in (pieces, pieces[::-1]):
+        trained["model"]["vocab"] = {
+            p: i for i, p in enumerate([*SPECIAL_TOKENS, *order])
+        }  # fmt: skip
+        renumbered.append(canonical(Tokenizer.from_str(json.dumps(trained))).to_str())
+    assert renumbered[0] == renumbered[1]
+    assert json.loads(renumbered[0])["model"]["vocab"] == {
+        p: i for i, p in enumerate([*SPECIAL_TOKENS, *sorted(pieces)])
+    }  # fmt: skip
 
 
 @pytest.mark.parametrize("kind", [TokenizerType.BPE, TokenizerType.BYTE])

@@ -7,6 +7,7 @@ Every tokenizer has the same special tokens at the same ids, so objectives can r
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,7 +87,31 @@ def train_tokenizer(kind: TokenizerType, vocab_size: int, texts: Iterable[str]) 
             vocab_size=vocab_size, special_tokens=specials, unk_token=UNK, show_progress=False
         )
     tokenizer.train_from_iterator(texts, trainer=trainer)
-    return tokenizer
+    return canonical(tokenizer)
+
+
+# Unigram scores are log-probabilities; 1e-5 is far below any difference that matters.
+UNIGRAM_SCORE_DECIMALS = 5
+
+
+def canonical(tokenizer: Tokenizer) -> Tokenizer:
+    """The same tokenizer whatever process trained it. Hugging Face's WordPiece and Unigram
+    trainers learn the same pieces in every run but number them in hash-map order, and Unigram's
+    scores are sums in that order (they differ by ~1e-11 between processes): the special tokens
+    keep their ids, the other pieces are numbered in sorted order (Unigram: by score, then piece)
+    and Unigram scores are rounded."""
+    data = json.loads(tokenizer.to_str())
+    model = data["model"]
+    count = len(SPECIAL_TOKENS)
+    if model["type"] == "WordPiece":
+        pieces = sorted(model["vocab"], key=model["vocab"].__getitem__)
+        model["vocab"] = {p: i for i, p in enumerate([*pieces[:count], *sorted(pieces[count:])])}
+    elif model["type"] == "Unigram":
+        scored = [[piece, round(score, UNIGRAM_SCORE_DECIMALS)] for piece, score in model["vocab"]]
+        model["vocab"] = scored[:count] + sorted(scored[count:], key=lambda e: (-e[1], e[0]))
+    else:
+        return tokenizer  # byte-level BPE numbers its merges in the order learned: deterministic
+    return Tokenizer.from_str(json.dumps(data))
 
 
 def with_bert_template(tokenizer: Tokenizer) -> Tokenizer:
