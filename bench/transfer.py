@@ -73,13 +73,16 @@ TASKS = {
 }  # fmt: skip
 
 
-def pretraining(task: Task, steps: int) -> dict[str, Any]:
+def pretraining(task: Task, steps: int, tokenizer_uri: str = "") -> dict[str, Any]:
+    """The PretrainJob spec of `task`'s base; `tokenizer_uri` pins its tokenizer (text only)."""
     spec = json.loads(json.dumps(task.pretraining))
     spec["training"].update({
         "maxSteps": steps, "precision": "fp32",
         "optimizer": {"learningRate": 1.0e-3, **spec["training"].get("optimizer", {})},
         "schedule": {"warmupSteps": max(5, steps // 20)},
     })  # fmt: skip
+    if tokenizer_uri:
+        spec["tokenizer"]["uri"] = tokenizer_uri
     return {**spec, "checkpoint": {"everySteps": 500}}
 
 
@@ -143,17 +146,31 @@ def label_budget(directory: Path, labels: int) -> str:
     return target
 
 
-def measure(root: Path, name: str, pretrain_steps: int, labels: int) -> dict[str, Any]:
-    task = TASKS[name]
+def corpus_under(root: Path) -> Path:
+    """The claim `corpus` under `root`, with every labeled set (built on first use)."""
     corpus = root / "corpus"
     if not (corpus / "docs-classify" / "train.jsonl").exists():
         build_text_corpus(corpus)
         build_image_corpus(corpus)
         build_labeled(corpus)
-    train = label_budget(corpus / task.labeled, labels)
-    base = root / f"{task.family}-{pretrain_steps}"
+    return corpus
+
+
+def pretrained_base(root: Path, name: str, steps: int, tokenizer_uri: str = "") -> Path:
+    """The run directory of `name`'s pre-training for `steps` (run once, on first use)."""
+    corpus_under(root)
+    base = root / f"{TASKS[name].family}-{steps}"
     if not (base / "model").is_dir():
-        run("PretrainJob", pretraining(task, pretrain_steps), base, root)
+        run("PretrainJob", pretraining(TASKS[name], steps, tokenizer_uri), base, root)
+    return base
+
+
+def measure(
+    root: Path, name: str, pretrain_steps: int, labels: int, tokenizer_uri: str = ""
+) -> dict[str, Any]:
+    task = TASKS[name]
+    train = label_budget(corpus_under(root) / task.labeled, labels)
+    base = pretrained_base(root, name, pretrain_steps, tokenizer_uri)
     untrained = scratch_base(task, base, pretrain_steps, root / f"{task.family}-untrained")
     rows = {}
     for method in METHODS:

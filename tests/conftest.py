@@ -9,7 +9,7 @@ import re
 import secrets
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -22,7 +22,44 @@ from devcluster.volumes import create_bound_claim
 from devcluster.waiting import exists, wait_until
 from e2e_support import job_manifest
 from operator_process import OperatorProcess, install_chart, token_kubeconfig
+from pinned_tokenizers import install as install_pinned_tokenizers
 from pretrain_trainer.corpus import build_image_corpus, build_text_corpus
+
+# Every test trains with the threads of CI's 2-core machine, whatever this machine has: a float
+# reduction split over other threads sums in another order, and the figures would differ.
+TRAINING_THREADS = 2
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    os.environ["OMP_NUM_THREADS"] = str(TRAINING_THREADS)  # for `pretrain run` subprocesses
+    import torch
+
+    torch.set_num_threads(TRAINING_THREADS)  # for runs in this process
+
+
+@pytest.fixture
+def figure(record_property: Callable[[str, object], None]) -> Callable[[str, float], None]:
+    """Record a figure a training test measured (a loss, an accuracy): the run's summary lists
+    them all under "training figures", so two runs can be compared line by line."""
+
+    def record(name: str, value: float) -> None:
+        record_property(f"figure {name}", value)
+
+    return record
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    reports = [report for outcome in ("passed", "failed")
+               for report in terminalreporter.stats.get(outcome, [])]  # fmt: skip
+    rows = sorted(f"{report.nodeid}: {key.removeprefix('figure ')} = {value:.6g}"
+                  for report in reports if getattr(report, "when", "") == "call"
+                  for key, value in report.user_properties
+                  if key.startswith("figure "))  # fmt: skip
+    if rows:
+        terminalreporter.section("training figures")
+        for row in rows:
+            terminalreporter.line(row)
+
 
 RESTRICTED_LABELS = {
     "pod-security.kubernetes.io/enforce": "restricted",
@@ -36,6 +73,7 @@ def pvc_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("pvc")
     build_text_corpus(root / "corpus")
     build_image_corpus(root / "corpus")
+    install_pinned_tokenizers(root / "corpus")
     return root
 
 

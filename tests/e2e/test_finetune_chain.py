@@ -5,6 +5,7 @@ status.evaluation."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +53,7 @@ def finetune_status(cluster: ClusterSession, namespace: str, name: str) -> dict[
 
 def test_a_finetune_job_waits_for_its_base_then_reports_its_evaluation(
     cluster: ClusterSession, namespace: str, local_nodes: LocalNodePool, checkpoints: Path,
-    pvc_root: Path,
+    pvc_root: Path, figure: Callable[[str, float], None],
 ) -> None:  # fmt: skip
     build_docs(pvc_root / "corpus")  # the labeled set, beside the unlabeled corpus on the claim
     local_nodes.add()
@@ -84,6 +85,7 @@ def test_a_finetune_job_waits_for_its_base_then_reports_its_evaluation(
     assert status["base"]["resolvedCheckpoint"].endswith(f"step-{MAX_STEPS:09d}")
     evaluation = status["evaluation"]
     assert evaluation["step"] == 30
-    print(f"chained fine-tune: {evaluation['metrics']}")
+    figure("accuracy", evaluation["metrics"]["accuracy"])
+    figure("macroF1", evaluation["metrics"]["macroF1"])
     assert evaluation["metrics"]["accuracy"] > 1 / CLASSES  # above chance on held-out data
     assert 0 < evaluation["metrics"]["macroF1"] <= 1

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,9 @@ from trainer_runs import (
 )
 
 
-def test_the_loss_does_not_depend_on_the_number_of_workers(pvc_root: Path, tmp_path: Path) -> None:
+def test_the_loss_does_not_depend_on_the_number_of_workers(
+    pvc_root: Path, tmp_path: Path, figure: Callable[[str, float], None]
+) -> None:
     curves = {}
     for workers in (1, 2, 3):
         output = tmp_path / f"workers-{workers}"
@@ -43,7 +46,7 @@ def test_the_loss_does_not_depend_on_the_number_of_workers(pvc_root: Path, tmp_p
         curves[workers] = step_losses(output)
     for workers in (2, 3):
         difference = largest_relative_difference(curves[1], curves[workers])
-        print(f"1 vs {workers} workers, 30 steps: largest relative difference {difference:.2e}")
+        figure(f"1 vs {workers} workers, largest relative loss difference", difference)
         assert difference < 1e-4
 
 
