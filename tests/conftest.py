@@ -25,16 +25,17 @@ from operator_process import OperatorProcess, install_chart, token_kubeconfig
 from pinned_tokenizers import install as install_pinned_tokenizers
 from pretrain_trainer.corpus import build_image_corpus, build_text_corpus
 
-# Every test trains with the threads of CI's 2-core machine, whatever this machine has: a float
-# reduction split over other threads sums in another order, and the figures would differ.
+# Training in this process uses the threads of CI's 2-core machine, whatever this machine has: a
+# float reduction split over other threads sums in another order, and the figures would differ.
+# (`pretrain run` subprocesses take torch's default, the machine's cores: 2 on this machine kind;
+# torchrun gives each of several workers one thread.)
 TRAINING_THREADS = 2
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    os.environ["OMP_NUM_THREADS"] = str(TRAINING_THREADS)  # for `pretrain run` subprocesses
     import torch
 
-    torch.set_num_threads(TRAINING_THREADS)  # for runs in this process
+    torch.set_num_threads(TRAINING_THREADS)
 
 
 @pytest.fixture
