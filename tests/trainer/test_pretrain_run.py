@@ -19,9 +19,9 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 # text examples train on pinned tokenizers (tests/pinned_tokenizers.py). last / first measured on
 # 2 CPU cores with the default seed 1234, then seeds 1 and 2 (3 for clip and SimCLR):
 # gpt 0.796, 0.767, 0.784; bert 0.809, 0.774, 0.782; electra 0.637; t5 0.800; MAE 0.451;
-# CLIP 0.60-0.67 at 120 steps (at 60: 0.74-0.85, too close to its bar); SimCLR 0.937 at 200 steps
-# with seed 1 (at 100: 0.962, and 0.9985 with seed 1: contrastive learning on 32-pixel digits
-# starts slowly).
+# CLIP 0.600, 0.650, 0.597, 0.670 at 120 steps (at 60: 0.846, 0.839, 0.774, 0.744: too close to
+# its bar); SimCLR 0.932, 0.937 at 200 steps (at 100: 0.962, and 0.9985 with seed 1: contrastive
+# learning on 32-pixel digits starts slowly).
 RUNS = [
     ("gpt-tiny-cpu", 60, 0.85),
     ("bert-tiny-cpu", 60, 0.85),
