@@ -130,9 +130,15 @@ def evaluations(output: Path) -> list[dict[str, float]]:
     return [line["eval"] for line in lines if "eval" in line]
 
 
+def pinned_tokenizer_uri(family: str) -> str:
+    """tokenizer.uri of the family's pre-training ("" where it has no tokenizer)."""
+    return str(PRETRAIN[family].get("tokenizer", {}).get("uri", ""))
+
+
 @pytest.fixture(scope="module")
 def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The claim `corpus` under the pvc root, with every labeled set; runs go beside it."""
+    """The claim `corpus` under the pvc root, with every labeled set and the pinned tokenizers;
+    runs go beside it."""
     root = tmp_path_factory.mktemp("finetune")
     install_pinned_tokenizers(transfer.corpus_under(root))
     return root
@@ -145,8 +151,8 @@ def base(root: Path) -> Callable[[str], Path]:
     def get(family: str) -> Path:
         if family in TRANSFER_TASKS:
             task = TRANSFER_TASKS[family]
-            tokenizer_uri = PRETRAIN[family].get("tokenizer", {}).get("uri", "")
-            return transfer.pretrained_base(root, task, PAYING_PRETRAINING[task], tokenizer_uri)
+            return transfer.pretrained_base(root, task, PAYING_PRETRAINING[task],
+                                            pinned_tokenizer_uri(family))  # fmt: skip
         output = root / "bases" / family
         if not (output / "model").is_dir():
             code, errors = pretrain_run(manifest("PretrainJob", family, PRETRAIN[family]), output,
@@ -267,8 +273,7 @@ def test_our_own_pretraining_pays_on_80_labels(
     docstrings (600 steps, about 1), then Full fine-tuning on 80 labels, against the same
     architecture, initial weights, tokenizer and fine-tuning without the pre-training: the
     pre-trained model is clearly more accurate on the held-out set."""
-    family = transfer.TASKS[task].family
-    tokenizer_uri = PRETRAIN[family].get("tokenizer", {}).get("uri", "")
+    tokenizer_uri = pinned_tokenizer_uri(transfer.TASKS[task].family)
     result = transfer.measure(root, task, PAYING_PRETRAINING[task], 80, tokenizer_uri)
     full = result["methods"]["Full"]
     for method, row in result["methods"].items():
