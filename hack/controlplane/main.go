@@ -1,10 +1,11 @@
-// Command kube is one binary for the local control plane: kube-apiserver,
-// kube-controller-manager, kube-scheduler and kubectl, chosen by the name it is
-// invoked as (symlinks) or by its first argument. Linking Kubernetes once
-// instead of four times keeps the cold build of `make test` short.
+// Command kube is one binary for the local cluster: kube-apiserver,
+// kube-controller-manager, kube-scheduler, kubelet and kubectl, chosen by the
+// name it is invoked as (symlinks) or by its first argument. Linking Kubernetes
+// once instead of five times keeps the cold build of `make test` short.
 package main
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -23,12 +24,14 @@ import (
 	apiserver "k8s.io/kubernetes/cmd/kube-apiserver/app"
 	controllermanager "k8s.io/kubernetes/cmd/kube-controller-manager/app"
 	scheduler "k8s.io/kubernetes/cmd/kube-scheduler/app"
+	kubelet "k8s.io/kubernetes/cmd/kubelet/app"
 )
 
 var servers = map[string]func() *cobra.Command{
 	"kube-apiserver":          apiserver.NewAPIServerCommand,
 	"kube-controller-manager": controllermanager.NewControllerManagerCommand,
 	"kube-scheduler":          func() *cobra.Command { return scheduler.NewSchedulerCommand() },
+	"kubelet":                 func() *cobra.Command { return kubelet.NewKubeletCommand(context.Background()) },
 }
 
 func main() {
@@ -45,7 +48,7 @@ func main() {
 	}
 	newCommand, known := servers[name]
 	if !known {
-		fmt.Fprintln(os.Stderr, "usage: kube {kube-apiserver|kube-controller-manager|kube-scheduler|kubectl} [flags]")
+		fmt.Fprintln(os.Stderr, "usage: kube {kube-apiserver|kube-controller-manager|kube-scheduler|kubelet|kubectl} [flags]")
 		os.Exit(2)
 	}
 	os.Exit(cli.Run(newCommand()))

@@ -21,11 +21,14 @@ KUBERNETES_VERSION = "v1.37.2"
 ETCD_VERSION = "v3.6.16"
 KWOK_VERSION = "v0.8.0"
 HELM_VERSION = "v3.22.0"
+COREDNS_VERSION = "v1.15.0"  # pinned in hack/coredns/go.mod; here for the cache key
 
 HACK_DIR = Path(__file__).resolve().parent.parent
 
 # kube is one multi-call binary; these names are symlinks to it.
-KUBE_COMMANDS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
+KUBE_COMMANDS = (
+    "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kubectl",
+)  # fmt: skip
 
 
 def cache_dir() -> Path:
@@ -78,7 +81,10 @@ KUBE = Tool("kube", KUBERNETES_VERSION, KUBE_COMMANDS, HACK_DIR / "controlplane"
 ETCD = Tool("etcd", ETCD_VERSION, ("etcd",), HACK_DIR / "etcd")
 KWOK = Tool("kwok", KWOK_VERSION, ("kwok",))
 HELM = Tool("helm", HELM_VERSION, ("helm",))
-ALL_TOOLS = (KUBE, ETCD, KWOK, HELM)
+# Real nodes: cluster DNS (a build with only the plugins it needs) and the pods' sandbox process.
+COREDNS = Tool("coredns", COREDNS_VERSION, ("coredns",), HACK_DIR / "coredns")
+PAUSE = Tool("pause", "v1", ("pause",), HACK_DIR / "pause")
+ALL_TOOLS = (KUBE, ETCD, KWOK, HELM, COREDNS, PAUSE)
 
 
 def _build_commands(tool: Tool, out: Path) -> list[list[str]]:
@@ -87,9 +93,10 @@ def _build_commands(tool: Tool, out: Path) -> list[list[str]]:
             ["go", "build", "-C", str(KUBE.source), "-trimpath",
              "-ldflags", _version_ldflags(KUBERNETES_VERSION), "-o", str(out / "kube"), "."],
         ]  # fmt: skip
-    if tool is ETCD:
-        return [["go", "build", "-C", str(ETCD.source), "-trimpath", "-ldflags", "-s -w",
-                 "-o", str(out / "etcd"), "."]]  # fmt: skip
+    if tool in (ETCD, COREDNS, PAUSE):
+        assert tool.source is not None
+        return [["go", "build", "-C", str(tool.source), "-trimpath", "-ldflags", "-s -w",
+                 "-o", str(out / tool.binaries[0]), "."]]  # fmt: skip
     if tool is KWOK:
         return [["go", "install", "-trimpath", f"sigs.k8s.io/kwok/cmd/kwok@{KWOK_VERSION}"]]
     if tool is HELM:
@@ -134,9 +141,12 @@ class Binaries:
     kube_apiserver: Path
     kube_controller_manager: Path
     kube_scheduler: Path
+    kubelet: Path
     kubectl: Path
     kwok: Path
     helm: Path
+    coredns: Path
+    pause: Path
 
     @property
     def path_entries(self) -> list[str]:
@@ -151,7 +161,10 @@ def ensure_all(root: Path | None = None) -> Binaries:
         kube_apiserver=dirs["kube"] / "kube-apiserver",
         kube_controller_manager=dirs["kube"] / "kube-controller-manager",
         kube_scheduler=dirs["kube"] / "kube-scheduler",
+        kubelet=dirs["kube"] / "kubelet",
         kubectl=dirs["kube"] / "kubectl",
         kwok=dirs["kwok"] / "kwok",
         helm=dirs["helm"] / "helm",
+        coredns=dirs["coredns"] / "coredns",
+        pause=dirs["pause"] / "pause",
     )
