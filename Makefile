@@ -15,10 +15,12 @@ VENV := .venv
 PY := $(VENV)/bin/python
 CLUSTER_DIR := .cluster
 PYTEST_ARGS ?=
-# Debian packages the tests, `make image` and the local nodes need: Prometheus (promtool too),
-# buildah and debootstrap (the base image, where no registry can be pulled from), iproute2 (the
-# local nodes' pod network namespaces).
-DEBIAN_PACKAGES := prometheus buildah debootstrap iproute2
+# Debian packages the tests, `make image` and the real nodes need: Prometheus (promtool too),
+# buildah and debootstrap (the base image, where no registry can be pulled from), containerd,
+# runc, the CNI plugins and tini (a subreaper for containerd's shims) under each node's kubelet,
+# iproute2 (the nodes' host bridge).
+DEBIAN_PACKAGES := prometheus buildah debootstrap containerd runc containernetworking-plugins \
+	tini iproute2
 
 .PHONY: help
 help: ## list the targets
@@ -51,7 +53,7 @@ debian: ## install the Debian packages the tests need, if missing
 	@hack/install-debian-packages.sh $(DEBIAN_PACKAGES)
 
 .PHONY: tools
-tools: venv ## build (once, cached by version) etcd, kube-*, kubectl, kwok, helm from Go modules
+tools: venv ## build (once, cached by version) etcd, kube-*, kubelet, kubectl, kwok, helm, coredns from Go modules
 	$(PY) -m devcluster install >/dev/null
 
 .PHONY: deps
@@ -74,12 +76,13 @@ test: deps lint typecheck ## set up what is missing, then lint, type-check and r
 
 # ---- the local control plane ------------------------------------------------------------
 
+NODES ?= 2
 .PHONY: cluster-up
-cluster-up: venv tools ## start etcd, kube-apiserver, controller-manager, scheduler, kwok in the background
-	$(PY) -m devcluster --dir $(CLUSTER_DIR) up
+cluster-up: deps ## the control plane, kwok and NODES (default 2) real kubelet nodes, in the background (root)
+	$(PY) -m devcluster --dir $(CLUSTER_DIR) up --nodes $(NODES)
 
 .PHONY: cluster-down
-cluster-down: venv ## stop the local control plane
+cluster-down: venv ## stop the local control plane and its real nodes
 	$(PY) -m devcluster --dir $(CLUSTER_DIR) down
 
 # ---- benchmarks ---------------------------------------------------------------------------
@@ -87,6 +90,7 @@ cluster-down: venv ## stop the local control plane
 BENCH_ARGS ?=
 .PHONY: bench
 bench: venv tools ## benchmarks, each against its baseline in the same run (BENCHMARKS.md); about 20 min
+	if [ "$$(id -u)" = 0 ]; then hack/build-images.sh trainer; fi  # recovery's nodes run it (root)
 	$(PY) -m bench $(BENCH_ARGS)
 
 # ---- images -----------------------------------------------------------------------------
@@ -98,7 +102,8 @@ image: debian ## build the operator and trainer images (docker, else buildah; IM
 # ---- the whole system on this machine ------------------------------------------------------
 
 .PHONY: demo
-demo: deps ## the whole system here: control plane, operator, 2 local nodes, the demo jobs (root)
+demo: deps ## the whole system here: control plane, operator, 2 real nodes, the demo jobs (root)
+	hack/build-images.sh trainer
 	$(PY) -m devcluster.demo --dir .demo
 
 # ---- generated files and running from source --------------------------------------------

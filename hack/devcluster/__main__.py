@@ -1,7 +1,7 @@
-"""`python -m devcluster {install,up,down,status,add-node,local-node}`: the local development
+"""`python -m devcluster {install,up,down,status,add-node,real-node}`: the local development
 cluster.
 
-`make cluster-up` / `make cluster-down` call this with `--dir .cluster`.
+`make cluster-up` / `make cluster-down` call this with `--dir .cluster` (and `up --nodes N`).
 """
 
 from __future__ import annotations
@@ -15,10 +15,31 @@ from kubernetes import client, config
 from devcluster import tools
 from devcluster.controlplane import ControlPlaneError, LocalCluster
 from devcluster.nodes import NodeShape, create_node
+from devcluster.realnode import images
+from devcluster.realnode.pool import Image, RealNodePool, stop_all
+
+POOL = "real"  # the pool label of the nodes `up --nodes` and `real-node` start
 
 
 def _cluster(directory: str) -> LocalCluster:
     return LocalCluster(Path(directory), tools.ensure_all())
+
+
+def _pool(cluster: LocalCluster) -> RealNodePool:
+    """The pool of real nodes in the cluster's directory, holding `make image`'s trainer image
+    when it was built (pods name it localhost/pretrain-operator/trainer:VERSION)."""
+    from pretrain_operator import __version__
+
+    api = config.new_client_from_config(config_file=str(cluster.kubeconfig))
+    trainer = Image(f"localhost/pretrain-operator/trainer:{__version__}")
+    built = images.in_buildah(trainer.name, trainer.storage_driver)
+    if not built:
+        print(
+            f"no {trainer.name} in buildah's storage (make image): the nodes get none",
+            file=sys.stderr,
+        )
+    return RealNodePool(cluster.kubeconfig, cluster.directory / "nodes", client.CoreV1Api(api),
+                        cluster.directory, (trainer,) if built else (), name=POOL)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,19 +47,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dir", default=".cluster", help="state directory (default: .cluster)")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("install", help="build and cache every binary; print their directories")
-    commands.add_parser("up", help="start the control plane in the background")
+    up = commands.add_parser("up", help="start the control plane in the background")
+    up.add_argument(
+        "--nodes",
+        type=int,
+        default=0,
+        help="real kubelet nodes to start beside it (root; default 0)",
+    )
     commands.add_parser("down", help="stop it (logs are kept)")
     commands.add_parser("status", help="say whether it runs")
     add_node = commands.add_parser("add-node", help="add a simulated (kwok) node")
     add_node.add_argument("name")
     add_node.add_argument("--gpus", type=int, default=8, help="nvidia.com/gpu capacity")
     add_node.add_argument("--tpu-chips", type=int, default=0, help="google.com/tpu capacity")
-    local_node = commands.add_parser(
-        "local-node", help="run a local node that really runs pods (root; in the foreground)"
+    real_node = commands.add_parser(
+        "real-node", help="start a real kubelet node in the background (root)"
     )
-    local_node.add_argument("name")
-    local_node.add_argument("--cpu", default="4", help="advertised CPU capacity")
-    local_node.add_argument("--memory", default="8Gi", help="advertised memory")
+    real_node.add_argument("name")
     args = parser.parse_args(argv)
 
     if args.command == "install":
@@ -54,8 +79,12 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print(f"control plane running; export KUBECONFIG={cluster.kubeconfig}")
         print(f"kubectl, helm: export PATH={':'.join(cluster.binaries.path_entries)}:$PATH")
+        for number in range(args.nodes):
+            print(f"real node {_pool(cluster).add(f'{POOL}-{number}')} Ready")
         return 0
     if args.command == "down":
+        for node in stop_all(cluster.directory / "nodes"):
+            print(f"real node {node} stopped")
         cluster.stop()
         print(f"control plane stopped (logs in {cluster.logs})")
         return 0
@@ -69,19 +98,9 @@ def main(argv: list[str] | None = None) -> int:
         create_node(client.CoreV1Api(api), args.name, shape)
         print(f"node/{args.name} created")
         return 0
-    if args.command == "local-node":
-        from devcluster.localnode import agent
-
-        state = Path(args.dir).resolve() / "nodes" / args.name
-        return agent.main(
-            [
-                f"--kubeconfig={cluster.kubeconfig}",
-                f"--name={args.name}",
-                f"--state-dir={state}",
-                f"--cpu={args.cpu}",
-                f"--memory={args.memory}",
-            ]
-        )
+    if args.command == "real-node":
+        print(f"real node {_pool(cluster).add(args.name)} Ready")
+        return 0
     raise AssertionError(args.command)
 
 

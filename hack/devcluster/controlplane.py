@@ -186,6 +186,11 @@ class LocalCluster:
             "MutatingAdmissionWebhook,ValidatingAdmissionWebhook",
             "--allow-privileged=true",
             "--profiling=false",
+            # Real nodes: the API server reaches a kubelet (logs, exec, port-forward) at its
+            # InternalIP, as the admin (kubelets trust this cluster's CA).
+            "--kubelet-preferred-address-types=InternalIP,Hostname",
+            f"--kubelet-client-certificate={self.pki.admin_cert}",
+            f"--kubelet-client-key={self.pki.admin_key}",
         ]
 
     def _component_auth(self) -> list[str]:

@@ -177,13 +177,18 @@ def create(directory: Path, service_ip: str) -> Pki:
     return pki
 
 
-def self_signed(cert: Path, key: Path, common_name: str, ip: str) -> None:
-    """A self-signed serving certificate for `ip` (a local node's kubelet API: the API server
-    verifies kubelets only when given --kubelet-certificate-authority, which ours is not)."""
+def client_certificate(
+    pki: Pki, cert: Path, key: Path, common_name: str, organization: str | None = None
+) -> None:
+    """A client certificate signed by the cluster's CA: a kubelet's (`system:node:NAME` in
+    `system:nodes`), which the Node authorizer and NodeRestriction recognise."""
+    ca_key = serialization.load_pem_private_key(pki.ca_key.read_bytes(), password=None)
+    ca_cert = x509.load_pem_x509_certificate(pki.ca_cert.read_bytes())
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
+        raise TypeError(f"{pki.ca_key} is not the EC key this module writes")
     private = ec.generate_private_key(ec.SECP256R1())
-    name = _name(common_name)
-    sans: list[x509.GeneralName] = [x509.IPAddress(ipaddress.ip_address(ip))]
-    issued = _issue(private, name, name, private, ExtendedKeyUsageOID.SERVER_AUTH, sans)
+    subject = _name(common_name, organization)
+    issued = _issue(ca_key, ca_cert.subject, subject, private, ExtendedKeyUsageOID.CLIENT_AUTH)
     cert.parent.mkdir(parents=True, exist_ok=True)
     _write(key, _key_pem(private))
     cert.write_bytes(issued.public_bytes(serialization.Encoding.PEM))

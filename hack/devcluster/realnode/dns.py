@@ -1,0 +1,99 @@
+"""The cluster's DNS for the real nodes' pods: CoreDNS answering Service and pod names from the
+API server (what kube-dns/CoreDNS does on any cluster), on an address of its own on the host
+bridge, port 53 (a resolv.conf cannot name another port). Every Service the operator makes is
+headless, so names resolve to pod IPs and no kube-proxy is needed."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from devcluster import tools
+from devcluster.realnode import network, processes
+from devcluster.realnode.addresses import SLOTS, node_ip
+from devcluster.realnode.kubeletconfig import CLUSTER_DOMAIN
+
+
+def corefile(address: str, kubeconfig: Path, health_port: int, ready_port: int) -> str:
+    # ttl 1: a recreated rendezvous pod's new IP is seen within a second.
+    return f""".:53 {{
+    bind {address}
+    errors
+    health 127.0.0.1:{health_port}
+    ready 127.0.0.1:{ready_port}
+    kubernetes {CLUSTER_DOMAIN} {{
+        kubeconfig {kubeconfig}
+        pods insecure
+        ttl 1
+    }}
+}}
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class ClusterDns:
+    """CoreDNS kept in `directory` (its Corefile, log and state.json: `down` from another
+    process finds it there)."""
+
+    directory: Path
+    slot: int = 0
+    pid: int = 0
+
+    @property
+    def address(self) -> str:
+        return node_ip(self.slot)
+
+    @classmethod
+    def load(cls, directory: Path) -> ClusterDns:
+        try:
+            state = json.loads((directory / "state.json").read_text())
+        except FileNotFoundError:
+            return cls(directory)
+        return cls(directory, slot=int(state["slot"]), pid=int(state["pid"]))
+
+    def _save(self) -> None:
+        (self.directory / "state.json").write_text(json.dumps({"slot": self.slot,
+                                                               "pid": self.pid}))  # fmt: skip
+
+    def running(self) -> bool:
+        return bool(self.pid) and processes.alive(self.pid, str(self.directory / "Corefile"))
+
+    def start(self, binaries: tools.Binaries, kubeconfig: Path, timeout: float = 60) -> str:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.slot = SLOTS.take(f"cluster DNS ({self.directory})")
+        network.add_address(self.address)
+        ready_port = _free_port()
+        config = self.directory / "Corefile"
+        config.write_text(corefile(self.address, kubeconfig, _free_port(), ready_port))
+        log = self.directory / "coredns.log"
+        self.pid = processes.launch([str(binaries.coredns), "-conf", str(config)], log,
+                                    self.directory)  # fmt: skip
+        SLOTS.hand_to(self.slot, self.pid, f"cluster DNS ({self.directory})")
+        self._save()
+        deadline = time.monotonic() + timeout
+        while not processes.http_ok(f"http://127.0.0.1:{ready_port}/ready"):
+            if not processes.alive(self.pid, str(config)) or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"CoreDNS did not start; see {log}:\n{log.read_text()[-2000:]}")
+            time.sleep(0.2)
+        return self.address
+
+    def stop(self) -> None:
+        if self.pid:
+            processes.stop(self.pid, str(self.directory / "Corefile"), 5, signal.SIGTERM)
+            self.pid = 0
+        if self.slot:
+            network.remove_address(self.address)
+            SLOTS.give_back(self.slot)
+            self.slot = 0
+        (self.directory / "state.json").unlink(missing_ok=True)

@@ -1,0 +1,68 @@
+"""The host side of the real nodes' network: one bridge that holds the pod network's gateway and
+each node's /32, and the CNI configuration that puts a node's pods on that bridge.
+
+All pods of all nodes share one layer-2 bridge (each node hands out addresses from its own range
+of 10.245.0.0/16), so pod-to-pod traffic across nodes needs no routing and the host needs no
+ip_forward. Nothing leaves the machine: the pods get no default route.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+from devcluster.realnode.addresses import BRIDGE, GATEWAY, NETWORK, AddressError, pod_range
+
+
+def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(["ip", *args], capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AddressError(f"ip {' '.join(args)}: {result.stderr.strip()}")
+    return result
+
+
+def ensure_bridge() -> None:
+    """Create the bridge with the gateway address once (idempotent)."""
+    if ip("link", "show", BRIDGE, check=False).returncode != 0:
+        ip("link", "add", BRIDGE, "type", "bridge", check=False)  # a concurrent creator wins
+    if GATEWAY not in ip("-4", "addr", "show", "dev", BRIDGE).stdout:
+        ip("addr", "add", f"{GATEWAY}/{NETWORK.prefixlen}", "dev", BRIDGE, check=False)
+    ip("link", "set", BRIDGE, "up")
+
+
+def add_address(address: str) -> None:
+    """A node's IP, local to this machine (`ip route get` answers `local`)."""
+    ensure_bridge()
+    if f"{address}/32" not in ip("-4", "addr", "show", "dev", BRIDGE).stdout:
+        ip("addr", "add", f"{address}/32", "dev", BRIDGE)
+
+
+def remove_address(address: str) -> None:
+    ip("addr", "del", f"{address}/32", "dev", BRIDGE, check=False)
+
+
+def cni_config(slot: int, ipam_dir: str) -> str:
+    """A CNI conflist for the node in `slot`: the bridge plugin with host-local IPAM over the
+    node's own range, and loopback (containerd adds `lo` itself)."""
+    first, last = pod_range(slot)
+    config = {
+        "cniVersion": "0.4.0",
+        "name": "devcluster",
+        "plugins": [
+            {
+                "type": "bridge",
+                "bridge": BRIDGE,
+                "isGateway": True,
+                "ipMasq": False,
+                "hairpinMode": True,
+                "ipam": {
+                    "type": "host-local",
+                    "dataDir": ipam_dir,
+                    "ranges": [[{"subnet": str(NETWORK), "rangeStart": first,
+                                 "rangeEnd": last, "gateway": GATEWAY}]],
+                    # No routes: the /16 is on-link, and nothing beyond it is reachable.
+                },
+            },
+        ],
+    }  # fmt: skip
+    return json.dumps(config, indent=2)

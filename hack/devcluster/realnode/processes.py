@@ -1,0 +1,87 @@
+"""Background processes of a node, and finding them again from another process (`make
+cluster-down` stops what `make cluster-up` started): pids in a state file, checked against
+/proc so a recycled pid is never signalled."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+
+def launch(command: list[str], log: Path, cwd: Path) -> int:
+    """Start `command` in a session of its own (it outlives its starter), logging to `log`."""
+    with log.open("ab") as handle:
+        process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=handle,
+                                   stderr=subprocess.STDOUT, cwd=cwd,
+                                   start_new_session=True)  # fmt: skip
+    return process.pid
+
+
+def alive(pid: int, marker: str) -> bool:
+    """The process lives, is no zombie, and its command line mentions `marker`."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z" and marker in cmdline
+
+
+def reap(pid: int) -> None:
+    with contextlib.suppress(ChildProcessError):  # not our child: its parent (or init) reaps it
+        os.waitpid(pid, os.WNOHANG)
+
+
+def stop(pid: int, marker: str, grace: float, sig: signal.Signals = signal.SIGTERM) -> None:
+    """Signal the process (its whole group), wait up to `grace`, then SIGKILL it."""
+    if not alive(pid, marker):
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, sig)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        reap(pid)
+        if not alive(pid, marker):
+            return
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
+    reap(pid)
+
+
+def mentioning(marker: str) -> list[int]:
+    """Every process whose command line mentions `marker` (a node's containerd shims)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and alive(int(entry.name), marker):
+            found.append(int(entry.name))
+    return found
+
+
+def unmount_under(*directories: Path) -> None:
+    """Lazily unmount everything mounted below these directories, deepest first (overlay
+    roots, pod volumes, network namespaces of a killed node)."""
+    prefixes = [str(d.resolve()) + "/" for d in directories]
+    mounts = []
+    for line in Path("/proc/self/mounts").read_text().splitlines():
+        point = line.split()[1].encode().decode("unicode_escape")
+        if any(point.startswith(prefix) for prefix in prefixes):
+            mounts.append(point)
+    for point in sorted(mounts, key=len, reverse=True):
+        subprocess.run(["umount", "-l", point], capture_output=True)
+
+
+def http_ok(url: str) -> bool:
+    """Whether `url` answers 200 (a health endpoint on loopback)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return False
