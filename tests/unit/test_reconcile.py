@@ -564,6 +564,19 @@ def test_a_disrupted_pod_is_counted_as_a_disruption_and_recreated_at_once(seen: 
     assert gone.status.phase == Phase.RUNNING
 
 
+def test_a_pod_evicted_and_deleted_before_it_was_seen_terminating_is_a_disruption() -> None:
+    last = node(1, deleting=True, disruption="DeletionByPodGC: node n was deleted")
+    others = [node(0), node(2), node(3), rendezvous()]
+    result = plan(pretrain(), running(), 1, others, NOW, gone=[last])
+    assert (result.status.disruptions, result.status.restarts) == (1, 0)
+    assert created_names(result) == ["j-node-1"]
+    assert "DeletionByPodGC" in result.events[0].message
+    # A deletion event of an older pod of that index is not this pod's.
+    older = node(1, uid="pod-before", deleting=True, disruption=EVICTED)
+    lost = plan(pretrain(), running(), 1, others, NOW, gone=[older])
+    assert (lost.status.disruptions, lost.status.restarts) == (0, 1)
+
+
 def test_a_pod_that_vanishes_without_a_disruption_condition_is_still_a_restart() -> None:
     result = plan(pretrain(), running(), 1, [node(0), node(2), node(3), rendezvous()], NOW)
     assert (result.status.restarts, result.status.disruptions) == (1, 0)

@@ -65,6 +65,11 @@ class Controller:
         default_factory=lambda: defaultdict(dict)
     )  # job uid -> pod name -> (pod uid, when)
     _deleted: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))  # pod uids
+    # Disrupted pods as their deletion event last showed them, until a plan has seen them: a
+    # pod evicted and deleted within one watch batch is never in the index as terminating.
+    _gone: defaultdict[str, dict[str, PodState]] = field(
+        default_factory=lambda: defaultdict(dict)
+    )  # job uid -> pod uid -> last state
     _wake_ups: dict[str, asyncio.TimerHandle] = field(default_factory=dict)  # job uid -> timer
     _wake_up_tasks: set[asyncio.Future[None]] = field(default_factory=set)  # keep them referenced
 
@@ -89,6 +94,16 @@ class Controller:
                     self.logger.exception("reconcile of %s failed", body["metadata"]["name"])
                     await self._record_failure(kind, body, error)
                     return None
+
+    def pod_deleted(self, job_uid: str, pod: Mapping[str, Any]) -> None:
+        """A child pod's deletion event: keep its last state for the next plan if it was
+        disrupted (the one thing about a vanished pod the plan cannot see otherwise)."""
+        try:
+            state = pod_state(dict(pod))
+        except (KeyError, TypeError, ValueError):
+            return  # not a pod we can read; it counts as lost, as before
+        if state.disrupted:
+            self._gone[job_uid][state.uid] = state
 
     def wake_up_later(self, uid: str, delay: float, wake: Callable[[], Awaitable[None]]) -> None:
         """Run `wake` (a reconcile of job `uid`) in `delay` seconds, so that a backoff ends on
@@ -130,7 +145,9 @@ class Controller:
             self._static_applied[meta["uid"]] = generation
 
         states = self._expected(meta["uid"], [pod_state(dict(p)) for p in pods])
-        result = plan(job, current, generation, states, now, await self._metrics(states), base)
+        gone = dict(self._gone.get(meta["uid"], {}))
+        result = plan(job, current, generation, states, now, await self._metrics(states), base,
+                      list(gone.values()))  # fmt: skip
 
         by_name = {p.name: p for p in states}
         for pod in result.delete_pods:
@@ -156,6 +173,8 @@ class Controller:
         if new_status != body.get("status") or current is not self._written.get(meta["uid"]):
             await kube.write_status(self.api, kind, namespace, name, new_status)
         self._written[meta["uid"]] = result.status
+        for pod_uid in gone:  # recorded in the status now written
+            self._gone[meta["uid"]].pop(pod_uid, None)
         if result.delete_job:
             self.logger.info("deleting %s/%s: ttlSecondsAfterFinished passed", namespace, name)
             await kube.delete_job(self.api, kind, namespace, name)
@@ -298,6 +317,7 @@ class Controller:
         self._written.pop(uid, None)
         self._created.pop(uid, None)
         self._deleted.pop(uid, None)
+        self._gone.pop(uid, None)
         wake_up = self._wake_ups.pop(uid, None)
         if wake_up is not None:
             wake_up.cancel()

@@ -130,11 +130,20 @@ for _kind in KINDS:
 
 @kopf.on.event("pods", labels={naming.LABEL_JOB: kopf.PRESENT})
 async def pod_changed(
-    labels: Mapping[str, str], namespace: str | None, memo: kopf.Memo, **kwargs: Any
+    type: str,
+    body: kopf.Body,
+    labels: Mapping[str, str],
+    namespace: str | None,
+    memo: kopf.Memo,
+    **kwargs: Any,
 ) -> None:
     """A child pod changed: reconcile its job now rather than at the next resync."""
     kind = PRETRAIN_JOB if labels.get(naming.LABEL_KIND) == PRETRAIN_JOB.kind else FINETUNE_JOB
     jobs = kwargs["pretrain_jobs"] if kind is PRETRAIN_JOB else kwargs["finetune_jobs"]
-    body = _only(jobs, (namespace, labels[naming.LABEL_JOB]))
-    if body is not None:
-        await _reconcile(kind, body, memo, _indexes(kwargs))
+    job = _only(jobs, (namespace, labels[naming.LABEL_JOB]))
+    if job is None:
+        return
+    controller: Controller = memo.controller
+    if type == "DELETED":
+        controller.pod_deleted(job["metadata"]["uid"], dict(body))
+    await _reconcile(kind, job, memo, _indexes(kwargs))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from pretrain_operator import children, naming
@@ -265,7 +266,10 @@ def plan(
     now: datetime.datetime,
     metrics: TrainerMetrics | None = None,
     base: BaseJobState | None = None,
+    gone: Sequence[PodState] = (),
 ) -> Plan:
+    """`gone`: the last states of pods deleted since the last plan, as their deletion events
+    carried them (a pod evicted and deleted at once may never be seen terminating)."""
     status = current.model_copy(deep=True)
     status.observed_generation = generation
     status.selector = children.node_selector_string(job)
@@ -366,11 +370,15 @@ def plan(
         result.events.append(Event("Warning", "PodFailed", f"{why}; recreating it in {delay}s "
                                    f"(restart {status.restarts})"))  # fmt: skip
 
+    last_states = {p.uid: p for p in gone if p.role == naming.ROLE_NODE}
     for index in range(replicas.max):
         key = str(index)
         if index in node_pods:
             continue
-        if status.pod_uids.get(key):
+        last = last_states.get(status.pod_uids.get(key) or "")
+        if last is not None and last.disrupted:
+            _count_disruption(result, last, key)
+        elif status.pod_uids.get(key):
             restarted = True
             status.restarts += 1
             name = naming.node_pod_name(job.name, index)
@@ -435,18 +443,24 @@ def plan(
 
 
 def _disrupted(plan: Plan, pod: PodState, key: str) -> None:
-    """A pod the cluster takes away (eviction, preemption, drain, taint, lost node): counted
-    once in status.disruptions, never as a restart, and recreated without a backoff. Its
-    pod_uids entry is cleared, so that its disappearance later is not counted as a loss."""
-    status = plan.status
-    if status.pod_uids.get(key) != "":
-        status.disruptions += 1
-        status.pod_uids[key] = ""
-        plan.events.append(Event("Warning", "PodDisrupted",
-            f"pod {pod.name} is being disrupted ({pod.disruption}); recreating it once it is "
-            f"gone, not counted as a restart (disruption {status.disruptions})"))  # fmt: skip
+    """A pod the cluster takes away (eviction, preemption, drain, taint, lost node): recreated
+    once gone, without a backoff."""
+    _count_disruption(plan, pod, key)
     if pod.failed:  # evicted by the kubelet: Failed, and nobody else deletes it
         plan.delete_pods.append(pod.name)
+
+
+def _count_disruption(plan: Plan, pod: PodState, key: str) -> None:
+    """Once per pod in status.disruptions, never as a restart: its pod_uids entry is cleared,
+    so that its disappearance later is not counted as a loss."""
+    status = plan.status
+    if status.pod_uids.get(key) == "":
+        return
+    status.disruptions += 1
+    status.pod_uids[key] = ""
+    plan.events.append(Event("Warning", "PodDisrupted",
+        f"pod {pod.name} disrupted ({pod.disruption}); recreating it, not counted as a "
+        f"restart (disruption {status.disruptions})"))  # fmt: skip
 
 
 def _resize(plan: Plan, outdated: dict[int, PodState], wanted: str) -> None:
