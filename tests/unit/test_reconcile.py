@@ -170,6 +170,18 @@ def test_suspend_deletes_every_pod_and_is_not_a_failure() -> None:
     assert len(resumed.create) == 5
 
 
+def test_pods_still_terminating_after_a_suspend_are_not_adopted_on_resume() -> None:
+    status = JobStatus(phase=Phase.RUNNING, pod_uids={"0": "pod-0", "1": "pod-1"})
+    suspended = plan(pretrain(suspend=True), status, 2, [node(0), node(1), rendezvous()], NOW)
+    # Resumed before the operator's view shows the old pods gone: they are seen terminating.
+    terminating = [node(0, deleting=True), node(1, deleting=True)]
+    resumed = plan(pretrain(), suspended.status, 3, terminating, NOW)
+    assert resumed.status.pod_uids == {}
+    gone = plan(pretrain(), resumed.status, 3, [], NOW)
+    assert gone.status.restarts == 0
+    assert len(gone.create) == 5
+
+
 def test_success_then_ttl() -> None:
     job = pretrain(ttlSecondsAfterFinished=60)
     done = plan(job, JobStatus(), 1, [node(0, "Succeeded", False), node(1), rendezvous()], NOW)

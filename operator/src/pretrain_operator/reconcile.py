@@ -346,6 +346,8 @@ def plan(
         if pod.disrupted:
             _disrupted(result, pod, key)
             continue
+        if pod.deleting:  # going away: a loss only if it was ours (its uid is recorded)
+            continue
         if not pod.failed:
             status.pod_uids.setdefault(key, pod.uid)  # adopt pods created before a crash
             continue
