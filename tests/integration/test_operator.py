@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import contextlib
 import http.server
+import json
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -347,8 +349,9 @@ def test_restarted_operator_converges_without_duplicates_or_lost_status(
     operator.restart(kill=True)
 
     wait_until(lambda: jobs.status("steady")["replicas"]["ready"] == 2, "2 ready after restart")
-    pods = jobs.pods("steady")
-    assert sorted(pods) == ["steady-node-0", "steady-node-1", "steady-node-2", "steady-rdzv"]
+    # steady-node-0 comes back once its backoff (kept in status across the restart) has passed.
+    expected = ["steady-node-0", "steady-node-1", "steady-node-2", "steady-rdzv"]
+    wait_until(lambda: sorted(jobs.pods("steady")) == expected, "every pod, none twice")
     status = jobs.status("steady")
     assert status["restarts"] == 1  # neither lost nor counted twice
     assert status["phase"] == "Running"
@@ -375,3 +378,177 @@ def test_gang_scheduling_without_a_podgroup_api_is_a_condition_not_a_crash(
     assert "spec.scheduling" in missing["message"]
     assert "PodGroup" in missing["message"]
     assert not [c for c in status["conditions"] if c["type"] == "ReconcileFailed"]
+
+
+def node_pods(jobs: Jobs, job: str) -> dict[str, client.V1Pod]:
+    return {n: p for n, p in jobs.pods(job).items() if n.startswith(f"{job}-node-")}
+
+
+def replaced(jobs: Jobs, job: str, name: str, old_uid: str, timeout: float = 60) -> client.V1Pod:
+    """The pod that took the place of pod `name` (of `job`) with uid `old_uid`."""
+    pod: client.V1Pod = wait_until(
+        lambda: (p := jobs.pods(job).get(name)) and p.metadata.uid != old_uid and p,
+        f"a replacement for {name}",
+        timeout=timeout,
+    )
+    return pod
+
+
+def test_a_crash_looping_pod_is_recreated_after_ever_longer_delays(
+    jobs: Jobs, node_pool: NodePool
+) -> None:
+    """10 s, then 20 s (the whole sequence, its cap and its reset are unit-tested)."""
+    node_pool.add(NodeShape(gpus=8))
+    jobs.create(pretrain_job("crashy", node_pool))
+    jobs.wait_phase("crashy", "Running")
+
+    for restart, delay in enumerate((10, 20), start=1):
+        victim = jobs.pods("crashy")["crashy-node-0"]
+        failed_at = time.time()
+        finish_pod(jobs.core, jobs.namespace, "crashy-node-0", "Failed", exit_code=1)
+        replacement = replaced(
+            jobs, "crashy", "crashy-node-0", victim.metadata.uid, timeout=delay + 30
+        )
+        waited = replacement.metadata.creation_timestamp.timestamp() - failed_at
+        # Not before the delay (creationTimestamp has whole seconds), and not much after it.
+        assert delay - 1 <= waited <= delay + 8, f"restart {restart}: {waited:.1f}s"
+        jobs.wait_phase("crashy", "Running")
+
+    status = jobs.status("crashy")
+    assert status["restarts"] == 2
+    assert status["backoff"]["failures"] == 2  # the next failure would wait 40 s
+    events = jobs.events("crashy")
+    for restart, delay in enumerate((10, 20), start=1):
+        expected = f"recreating it in {delay}s (restart {restart})"
+        assert any(e.startswith("PodFailed: pod crashy-node-0") and expected in e
+                   for e in events), (expected, events)  # fmt: skip
+
+
+def evict(core: client.CoreV1Api, namespace: str, name: str) -> None:
+    """What `kubectl drain` does to each pod: the Eviction API, which honours budgets."""
+    meta = client.V1ObjectMeta(name=name, namespace=namespace)
+    core.create_namespaced_pod_eviction(name, namespace, client.V1Eviction(metadata=meta))
+
+
+def budget_counted(policy: client.PolicyV1Api, namespace: str, name: str, healthy: int) -> bool:
+    """The disruption controller has counted the budget's pods (before, it refuses anyway)."""
+    budget = policy.read_namespaced_pod_disruption_budget(name, namespace)
+    status = budget.status
+    return bool(
+        status
+        and status.observed_generation == budget.metadata.generation
+        and status.current_healthy == healthy
+    )
+
+
+def test_an_evicted_pod_is_a_disruption_not_a_restart_and_the_rendezvous_is_protected(
+    jobs: Jobs, node_pool: NodePool
+) -> None:
+    node_pool.add(NodeShape(gpus=8))
+    node_pool.add(NodeShape(gpus=8))
+    jobs.create(pretrain_job("evictable", node_pool, min_nodes=1, max_nodes=2,
+                             scheduling={"disruptionBudget": True},
+                             failurePolicy={"maxRestarts": 0}))  # fmt: skip
+    wait_until(lambda: jobs.status("evictable").get("replicas", {}).get("ready") == 2, "2 ready")
+    policy = client.PolicyV1Api(jobs.api.api_client)
+    wait_until(lambda: budget_counted(policy, jobs.namespace, "evictable", 2), "budget counted")
+    wait_until(lambda: budget_counted(policy, jobs.namespace, "evictable-rdzv", 1),
+               "rendezvous budget counted")  # fmt: skip
+
+    # The rendezvous pod's own budget refuses to let it go while it serves.
+    with pytest.raises(ApiException) as refused:
+        evict(jobs.core, jobs.namespace, "evictable-rdzv")
+    assert refused.value.status == 429
+    assert "disruption budget" in str(refused.value.body)
+
+    # A node pod may go (2 ready, at least 1 must stay): a disruption, not one of the zero
+    # restarts this job may have.
+    victim = jobs.pods("evictable")["evictable-node-1"]
+    evict(jobs.core, jobs.namespace, "evictable-node-1")
+    status = wait_until(lambda: (s := jobs.status("evictable")).get("disruptions") == 1 and s,
+                        "disruptions == 1")  # fmt: skip
+    replaced(jobs, "evictable", "evictable-node-1", victim.metadata.uid, timeout=15)  # no backoff
+    wait_until(lambda: jobs.status("evictable")["replicas"]["ready"] == 2, "2 ready again")
+    status = jobs.status("evictable")
+    assert status["phase"] == "Running"
+    assert status.get("restarts", 0) == 0
+    assert "backoff" not in status
+    events = jobs.events("evictable")
+    disrupted = [e for e in events if e.startswith("PodDisrupted: pod evictable-node-1")]
+    assert len(disrupted) == 1
+    assert "EvictionByEvictionAPI" in disrupted[0]
+
+
+def test_a_failed_rendezvous_pod_is_recreated_alone(jobs: Jobs, node_pool: NodePool) -> None:
+    node_pool.add(NodeShape(gpus=8))
+    node_pool.add(NodeShape(gpus=8))
+    jobs.create(pretrain_job("store", node_pool, min_nodes=2, max_nodes=2))
+    wait_until(lambda: jobs.status("store").get("replicas", {}).get("ready") == 2, "2 ready")
+    workers = {n: p.metadata.uid for n, p in node_pods(jobs, "store").items()}
+    rendezvous = jobs.pods("store")["store-rdzv"]
+
+    finish_pod(jobs.core, jobs.namespace, "store-rdzv", "Failed", exit_code=1)
+    replaced(jobs, "store", "store-rdzv", rendezvous.metadata.uid)
+    wait_until(lambda: jobs.pods("store")["store-rdzv"].status.phase == "Running", "rdzv back")
+
+    assert {n: p.metadata.uid for n, p in node_pods(jobs, "store").items()} == workers
+    status = jobs.status("store")
+    assert (status.get("restarts", 0), status.get("disruptions", 0)) == (0, 0)
+    assert status["phase"] == "Running"
+
+
+def nnodes(pod: client.V1Pod) -> list[str]:
+    return [a for a in pod.spec.containers[0].command if a.startswith("--nnodes=")]
+
+
+def resized_to(jobs: Jobs, job: str, bounds: str, count: int) -> dict[str, client.V1Pod] | None:
+    """The node pods once there are `count`, all ready and started with --nnodes=`bounds`."""
+    pods = node_pods(jobs, job)
+    ready = [p for p in pods.values() if p.status.phase == "Running" and not
+             p.metadata.deletion_timestamp and nnodes(p) == [f"--nnodes={bounds}"]]  # fmt: skip
+    return pods if len(pods) == len(ready) == count else None
+
+
+def test_resizing_a_running_job_restarts_its_pods_with_the_new_bounds(
+    jobs: Jobs, node_pool: NodePool
+) -> None:
+    for _ in range(3):
+        node_pool.add(NodeShape(gpus=8))
+    jobs.create(pretrain_job("growing", node_pool, min_nodes=1, max_nodes=2,
+                             scheduling={"disruptionBudget": True}))  # fmt: skip
+    before = wait_until(lambda: resized_to(jobs, "growing", "1:2", 2), "2 pods with 1:2")
+    policy = client.PolicyV1Api(jobs.api.api_client)
+    assert (
+        policy.read_namespaced_pod_disruption_budget("growing", jobs.namespace).spec.min_available
+        == 1
+    )
+
+    jobs.patch("growing", {"replicas": {"min": 2, "max": 3}})
+    after = wait_until(lambda: resized_to(jobs, "growing", "2:3", 3), "3 pods with --nnodes=2:3")
+    assert not {p.metadata.uid for p in before.values()} & {p.metadata.uid for p in after.values()}
+    for pod in after.values():
+        assert pod.metadata.annotations["pretrain.dev/replicas"] == "2:3"
+    wait_until(lambda: jobs.status("growing")["replicas"]["ready"] == 3, "3 ready")
+    status = jobs.status("growing")
+    assert status["phase"] == "Running"
+    assert (status.get("restarts", 0), status.get("disruptions", 0)) == (0, 0)
+    assert any(e.startswith("Resized: spec.replicas changed from 1:2 to 2:3")
+               for e in jobs.events("growing"))  # fmt: skip
+    budget = policy.read_namespaced_pod_disruption_budget("growing", jobs.namespace)
+    assert budget.spec.min_available == 2
+    config = jobs.core.read_namespaced_config_map("growing-config", jobs.namespace)
+    assert json.loads(config.data["job.json"])["spec"]["replicas"] == {"min": 2, "max": 3}
+
+    # `kubectl scale ptj/growing --replicas=2` sets replicas.max through the scale subresource.
+    scale = {"spec": {"replicas": 2}}
+    jobs.api.patch_namespaced_custom_object_scale(GROUP, VERSION, jobs.namespace, "pretrainjobs",
+                                                  "growing", scale)  # fmt: skip
+    wait_until(lambda: resized_to(jobs, "growing", "2:2", 2), "2 pods with --nnodes=2:2")
+    # Below replicas.min the API server refuses, naming the field.
+    with pytest.raises(ApiException) as refused:
+        jobs.api.patch_namespaced_custom_object_scale(
+            GROUP, VERSION, jobs.namespace, "pretrainjobs", "growing", {"spec": {"replicas": 1}}
+        )
+    assert refused.value.status == 422
+    assert "replicas.min" in str(refused.value.body)
+    assert jobs.status("growing").get("restarts", 0) == 0

@@ -19,11 +19,13 @@ from pretrain_operator.api import (
     PretrainJobSpec,
 )
 from pretrain_operator.api.pretrain import FAMILY_OF_OBJECTIVE
+from pretrain_operator.api.status import Backoff
 from pretrain_operator.children import Job
 from pretrain_operator.observe import BaseJobState, PodState, parse_metrics, pod_state
-from pretrain_operator.reconcile import plan
+from pretrain_operator.reconcile import backoff_delay, plan
 
 NOW = datetime.datetime(2026, 11, 27, 12, 0, tzinfo=datetime.UTC)
+EVICTED = "EvictionByEvictionAPI: Eviction API: evicting"  # a DisruptionTarget condition
 
 
 def pretrain(**spec: Any) -> Job:
@@ -48,8 +50,21 @@ def node(index: int, phase: str = "Running", ready: bool = True, **extra: Any) -
     return PodState(**{**fields, **extra})
 
 
-def rendezvous() -> PodState:
-    return PodState("j-rdzv", "rdzv", naming.ROLE_RENDEZVOUS, None, "Running", True, False)
+def rendezvous(phase: str = "Running", **extra: Any) -> PodState:
+    fields: dict[str, Any] = {"name": "j-rdzv", "uid": "rdzv", "role": naming.ROLE_RENDEZVOUS,
+                              "index": None, "phase": phase, "ready": phase == "Running",
+                              "deleting": False}  # fmt: skip
+    return PodState(**{**fields, **extra})
+
+
+def seconds(n: float) -> datetime.datetime:
+    return NOW + datetime.timedelta(seconds=n)
+
+
+def running(uids: int = 4, **status: Any) -> JobStatus:
+    """A job Running since NOW with node pods 0..uids-1 created by the operator."""
+    job = JobStatus(pod_uids={str(i): f"pod-{i}" for i in range(uids)}, **status)
+    return plan(pretrain(), job, 1, [*(node(i) for i in range(uids)), rendezvous()], NOW).status
 
 
 def created_names(result: Any) -> list[str]:
@@ -97,8 +112,9 @@ def test_a_failed_pod_is_replaced_and_counted_once() -> None:
     assert result.status.restarts == 1
     assert result.status.pod_uids["1"] == ""
     assert [e.reason for e in result.events] == ["PodFailed"]
-    # The next view: the failed pod is gone. It is recreated, not counted again.
-    again = plan(pretrain(), result.status, 1, [node(0), node(2), node(3), rendezvous()], NOW)
+    # The next view: the failed pod is gone. It is recreated after its backoff, not counted again.
+    later = NOW + datetime.timedelta(seconds=10)
+    again = plan(pretrain(), result.status, 1, [node(0), node(2), node(3), rendezvous()], later)
     assert again.status.restarts == 1
     assert created_names(again) == ["j-node-1"]
 
@@ -152,6 +168,18 @@ def test_suspend_deletes_every_pod_and_is_not_a_failure() -> None:
     resumed = plan(pretrain(), result.status, 3, [], NOW)
     assert resumed.status.restarts == 0
     assert len(resumed.create) == 5
+
+
+def test_pods_still_terminating_after_a_suspend_are_not_adopted_on_resume() -> None:
+    status = JobStatus(phase=Phase.RUNNING, pod_uids={"0": "pod-0", "1": "pod-1"})
+    suspended = plan(pretrain(suspend=True), status, 2, [node(0), node(1), rendezvous()], NOW)
+    # Resumed before the operator's view shows the old pods gone: they are seen terminating.
+    terminating = [node(0, deleting=True), node(1, deleting=True)]
+    resumed = plan(pretrain(), suspended.status, 3, terminating, NOW)
+    assert resumed.status.pod_uids == {}
+    gone = plan(pretrain(), resumed.status, 3, [], NOW)
+    assert gone.status.restarts == 0
+    assert len(gone.create) == 5
 
 
 def test_success_then_ttl() -> None:
@@ -236,7 +264,8 @@ def test_tpu_pods_select_the_slice_and_run_one_process_per_node() -> None:
 def test_optional_children_gang_queue_and_budget() -> None:
     job = pretrain(scheduling={"gang": True, "queueName": "team-a", "disruptionBudget": True})
     kinds = [c["kind"] for c in children.static_children(job)]
-    assert kinds == ["ConfigMap", "Service", "Service", "PodDisruptionBudget", "PodGroup"]
+    assert kinds == ["ConfigMap", "Service", "Service", "PodDisruptionBudget",
+                     "PodDisruptionBudget", "PodGroup"]  # fmt: skip
     labels = children.node_pod(job, 1)["metadata"]["labels"]
     assert labels["kueue.x-k8s.io/queue-name"] == "team-a"
     assert labels["scheduling.x-k8s.io/pod-group"] == "j"
@@ -326,16 +355,23 @@ def jobs_and_observations(draw: st.DrawFn) -> tuple[Job, JobStatus, list[PodStat
     pods = [
         node(i, draw(pod_phases), draw(st.booleans()), deleting=draw(st.booleans()),
              exit_code=draw(st.none() | st.integers(0, 255)), uid=draw(st.sampled_from(
-                 [f"pod-{i}", f"other-{i}"])))
+                 [f"pod-{i}", f"other-{i}"])), disruption=draw(st.sampled_from(["", EVICTED])),
+             bounds=draw(st.sampled_from(["", f"{low}:{high}", "1:9"])))
         for i in draw(st.sets(st.integers(0, 9), max_size=10))
     ]  # fmt: skip
     if draw(st.booleans()):
-        pods.append(rendezvous())
+        pods.append(rendezvous(draw(pod_phases)))
+    backoff = Backoff(failures=draw(st.integers(0, 20)), delay_seconds=10,
+                      recreate_after=draw(st.sampled_from([None, "2026-11-27T11:59:00Z",
+                                                           "2026-11-27T12:00:30Z"])),
+                      indexes=draw(st.lists(st.integers(0, 9), max_size=3)))  # fmt: skip
     status = JobStatus(
         phase=draw(st.sampled_from(list(Phase))),
         restarts=draw(st.integers(0, 6)),
+        disruptions=draw(st.integers(0, 3)),
         pod_uids={str(i): draw(st.sampled_from(["", f"pod-{i}"])) for i in range(draw(
             st.integers(0, 9)))},
+        backoff=draw(st.none() | st.just(backoff)),
     )  # fmt: skip
     return job, status, pods
 
@@ -355,6 +391,16 @@ def test_planner_never_raises_and_keeps_its_invariants(
         index = manifest["metadata"]["labels"].get(naming.LABEL_NODE_INDEX)
         assert index is None or int(index) < job.spec.replicas.max
     assert result.status.restarts >= status.restarts
+    assert result.status.disruptions >= status.disruptions
+    assert len(result.delete_pods) == len(set(result.delete_pods))  # never two deletions of one
+    assert result.requeue_after is None or result.requeue_after >= 0
+    wanted = f"{job.spec.replicas.min}:{job.spec.replicas.max}"
+    outdated = [p for p in pods if p.role == naming.ROLE_NODE and p.bounds not in {"", wanted}]
+    node_pods = [m for m in result.create if m["metadata"]["labels"][naming.LABEL_ROLE] == "node"]
+    if outdated:  # a resize starts no pod before every old one is gone
+        assert node_pods == []
+    for manifest in node_pods:
+        assert manifest["metadata"]["annotations"][naming.ANNOTATION_REPLICAS] == wanted
     assert result.status.replicas.ready <= job.spec.replicas.max
     if job.spec.suspend and status.phase not in {Phase.SUCCEEDED, Phase.FAILED}:
         assert result.create == []
@@ -384,3 +430,280 @@ def test_a_claim_the_template_already_mounts_is_left_to_the_template() -> None:
     container = children.node_pod(job, 0)["spec"]["containers"][0]
     paths = [m["mountPath"] for m in container["volumeMounts"]]
     assert paths.count("/mnt/pvc/corpus") == 1
+
+
+# ---- backoff between recreations of failed pods ----
+
+
+def test_the_backoff_doubles_per_consecutive_failure_up_to_five_minutes() -> None:
+    assert [backoff_delay(n) for n in range(1, 9)] == [10, 20, 40, 80, 160, 300, 300, 300]
+    assert backoff_delay(10_000) == 300
+
+
+def test_a_failed_pod_is_recreated_only_once_its_delay_has_passed() -> None:
+    failed = node(1, "Failed", False, exit_code=1, reason="Error")
+    result = plan(pretrain(), running(), 1, [node(0), failed, node(2), node(3), rendezvous()], NOW)
+    assert result.events[0].message.endswith("recreating it in 10s (restart 1)")
+    assert result.requeue_after == 10  # the controller comes back when the delay ends
+    others = [node(0), node(2), node(3), rendezvous()]
+    waiting = plan(pretrain(), result.status, 1, others, seconds(4))
+    assert created_names(waiting) == []
+    assert waiting.requeue_after == 6
+    assert waiting.status.phase == Phase.RUNNING  # three of four nodes train on meanwhile
+    due = plan(pretrain(), waiting.status, 1, others, seconds(10))
+    assert created_names(due) == ["j-node-1"]
+    assert due.requeue_after is None
+    assert due.status.restarts == 1
+
+
+def fail_and_recover(status: JobStatus, at: datetime.datetime) -> tuple[JobStatus, str, float]:
+    """Node 0 of a one-node job fails at `at`; return the status once it is back, the failure
+    message and how long after the failure it was recreated."""
+    job = pretrain(replicas={"min": 1, "max": 1})
+    failed = node(0, "Failed", False, exit_code=1, reason="Error")
+    result = plan(job, status, 1, [failed, rendezvous()], at)
+    message = result.events[0].message
+    status = plan(job, result.status, 1, [rendezvous()], at).status  # the failed pod is gone
+    waited = 0.0
+    while True:  # the controller's requeue brings it back
+        view = plan(job, status, 1, [rendezvous()], at + datetime.timedelta(seconds=waited))
+        if view.create:
+            break
+        assert view.requeue_after is not None
+        assert view.requeue_after > 0
+        waited += view.requeue_after
+        status = view.status
+    status = view.status
+    back = at + datetime.timedelta(seconds=waited)
+    status = plan(job, status, 1, [node(0, uid="pod-new"), rendezvous()], back).status
+    assert status.phase == Phase.RUNNING
+    return status, message, waited
+
+
+def test_consecutive_failures_wait_ever_longer_until_healthy_training_resets_the_delay() -> None:
+    job = pretrain(replicas={"min": 1, "max": 1})
+    status = plan(job, JobStatus(pod_uids={"0": "pod-0"}), 1, [node(0), rendezvous()], NOW).status
+    delays: list[int] = []
+    at = NOW
+    for _ in range(7):
+        status, message, waited = fail_and_recover(status, at)
+        assert message.endswith(f"recreating it in {int(waited)}s (restart {len(delays) + 1})")
+        delays.append(int(waited))
+        at += datetime.timedelta(seconds=waited + 60)  # each pod trains a minute, then fails
+    assert delays == [10, 20, 40, 80, 160, 300, 300]
+    assert status.backoff is not None
+    assert status.backoff.failures == 7
+
+    # Ten minutes of training without a failure: the next one waits 10 s again.
+    nine = plan(job, status, 1, [node(0, uid="pod-new"), rendezvous()], at + datetime.timedelta(
+        minutes=8)).status  # fmt: skip
+    assert nine.backoff is not None  # 9 min since it came back: not yet
+    calm = plan(job, status, 1, [node(0, uid="pod-new"), rendezvous()], at + datetime.timedelta(
+        minutes=10)).status  # fmt: skip
+    assert calm.backoff is None
+    _, message, waited = fail_and_recover(calm, at + datetime.timedelta(minutes=11))
+    assert (waited, message.endswith("in 10s (restart 8)")) == (10, True)
+
+
+def test_pods_failing_together_wait_for_one_delay_not_a_doubled_one() -> None:
+    failed = {i: node(i, "Failed", False, exit_code=1, reason="Error") for i in range(4)}
+    first = plan(pretrain(), running(), 1, [failed[0], node(1), node(2), node(3), rendezvous()],
+                 NOW)  # fmt: skip
+    # The other ranks crash a second later (one NCCL error takes the whole group down).
+    rest = plan(pretrain(), first.status, 1, [failed[1], failed[2], failed[3], rendezvous()],
+                seconds(1))  # fmt: skip
+    assert [e.message.split("; ")[-1] for e in rest.events if e.reason == "PodFailed"] == [
+        f"recreating it in 9s (restart {n})" for n in (2, 3, 4)
+    ]
+    assert rest.status.backoff is not None
+    assert rest.status.backoff.failures == 1
+    due = plan(pretrain(), rest.status, 1, [rendezvous()], seconds(10))
+    assert created_names(due) == [f"j-node-{i}" for i in range(4)]
+
+
+def test_the_backoff_lives_in_status_so_a_restarted_operator_keeps_it() -> None:
+    failed = node(1, "Failed", False, exit_code=1, reason="Error")
+    result = plan(pretrain(), running(), 1, [node(0), failed, node(2), node(3), rendezvous()], NOW)
+    written = result.status.wire()
+    assert written["backoff"] == {
+        "failures": 1, "delaySeconds": 10, "recreateAfter": "2026-11-27T12:00:10Z", "indexes": [1]
+    }  # fmt: skip
+    read_back = JobStatus.model_validate(written)
+    others = [node(0), node(2), node(3), rendezvous()]
+    assert created_names(plan(pretrain(), read_back, 1, others, seconds(9))) == []
+    assert created_names(plan(pretrain(), read_back, 1, others, seconds(10))) == ["j-node-1"]
+
+
+def test_the_first_creation_and_a_resume_from_suspend_wait_for_nothing() -> None:
+    assert len(plan(pretrain(), JobStatus(), 1, [], NOW).create) == 5
+    failed = node(1, "Failed", False, exit_code=1, reason="Error")
+    result = plan(pretrain(), running(), 1, [node(0), failed, node(2), node(3), rendezvous()], NOW)
+    suspended = plan(pretrain(suspend=True), result.status, 2, [], NOW).status
+    assert suspended.backoff is None
+    assert len(plan(pretrain(), suspended, 3, [], seconds(1)).create) == 5
+
+
+# ---- disruptions are not failures ----
+
+
+@pytest.mark.parametrize(
+    "seen",
+    [
+        pytest.param(node(1, deleting=True, disruption=EVICTED), id="terminating"),
+        pytest.param(node(1, "Failed", False, exit_code=137, reason="Evicted",
+                          disruption="TerminationByKubelet: memory pressure"), id="failed"),
+        pytest.param(node(1, "Failed", False, deleting=True, exit_code=143,
+                          disruption="PreemptionByScheduler: preempted by a higher priority"),
+                     id="failed-while-terminating"),
+    ],
+)  # fmt: skip
+def test_a_disrupted_pod_is_counted_as_a_disruption_and_recreated_at_once(seen: PodState) -> None:
+    job = pretrain(failurePolicy={"maxRestarts": 0})  # one restart would fail the job
+    result = plan(job, running(), 1, [node(0), seen, node(2), node(3), rendezvous()], NOW)
+    assert (result.status.disruptions, result.status.restarts) == (1, 0)
+    assert result.status.phase == Phase.RUNNING
+    (event,) = result.events
+    assert event.reason == "PodDisrupted"
+    assert "j-node-1" in event.message
+    assert seen.disruption in event.message
+    assert result.delete_pods == ([] if seen.deleting else ["j-node-1"])
+    # Seen again, then gone: counted once, recreated without a backoff, still no restart.
+    again = plan(job, result.status, 1, [node(0), seen, node(2), node(3), rendezvous()], NOW)
+    assert (again.status.disruptions, again.events) == (1, [])
+    gone = plan(job, again.status, 1, [node(0), node(2), node(3), rendezvous()], NOW)
+    assert created_names(gone) == ["j-node-1"]
+    assert (gone.status.disruptions, gone.status.restarts, gone.events) == (1, 0, [])
+    assert gone.status.phase == Phase.RUNNING
+
+
+def test_a_pod_evicted_and_deleted_before_it_was_seen_terminating_is_a_disruption() -> None:
+    last = node(1, deleting=True, disruption="DeletionByPodGC: node n was deleted")
+    others = [node(0), node(2), node(3), rendezvous()]
+    result = plan(pretrain(), running(), 1, others, NOW, gone=[last])
+    assert (result.status.disruptions, result.status.restarts) == (1, 0)
+    assert created_names(result) == ["j-node-1"]
+    assert "DeletionByPodGC" in result.events[0].message
+    # A deletion event of an older pod of that index is not this pod's.
+    older = node(1, uid="pod-before", deleting=True, disruption=EVICTED)
+    lost = plan(pretrain(), running(), 1, others, NOW, gone=[older])
+    assert (lost.status.disruptions, lost.status.restarts) == (0, 1)
+
+
+def test_a_pod_that_vanishes_without_a_disruption_condition_is_still_a_restart() -> None:
+    result = plan(pretrain(), running(), 1, [node(0), node(2), node(3), rendezvous()], NOW)
+    assert (result.status.restarts, result.status.disruptions) == (1, 0)
+    assert created_names(result) == ["j-node-1"]  # a loss is not a crash loop: no backoff
+
+
+def test_pod_state_reads_the_disruption_condition() -> None:
+    def observed(conditions: list[dict[str, str]]) -> PodState:
+        labels = {naming.LABEL_ROLE: "node", naming.LABEL_NODE_INDEX: "0"}
+        metadata = {"name": "j-node-0", "labels": labels, "deletionTimestamp": NOW.isoformat()}
+        return pod_state({"metadata": metadata,
+                          "status": {"phase": "Running", "conditions": conditions}})  # fmt: skip
+
+    evicted = observed([{"type": "DisruptionTarget", "status": "True",
+                         "reason": "EvictionByEvictionAPI", "message": "Eviction API: evicting"},
+                        {"type": "Ready", "status": "True"}])  # fmt: skip
+    assert (evicted.disrupted, evicted.disruption, evicted.deleting) == (True, EVICTED, True)
+    assert not observed([{"type": "DisruptionTarget", "status": "False"}]).disrupted
+    assert not observed([]).disrupted
+
+
+# ---- the rendezvous pod ----
+
+
+@pytest.mark.parametrize("phase", ["Failed", "Succeeded"])
+def test_a_lost_rendezvous_pod_is_recreated_alone(phase: str) -> None:
+    nodes = [node(i) for i in range(4)]
+    result = plan(pretrain(), running(), 1, [*nodes, rendezvous(phase)], NOW)
+    assert result.delete_pods == ["j-rdzv"]
+    assert result.create == []
+    gone = plan(pretrain(), result.status, 1, nodes, NOW)
+    assert created_names(gone) == ["j-rdzv"]
+    assert gone.delete_pods == []
+    assert (gone.status.restarts, gone.status.disruptions, gone.status.phase) == (
+        0, 0, Phase.RUNNING)  # fmt: skip
+
+
+def test_an_evicted_rendezvous_pod_is_no_disruption_of_a_node() -> None:
+    evicted = rendezvous(deleting=True, disruption=EVICTED)
+    result = plan(pretrain(), running(), 1, [*(node(i) for i in range(4)), evicted], NOW)
+    assert (result.create, result.delete_pods, result.events) == ([], [], [])
+    assert (result.status.restarts, result.status.disruptions) == (0, 0)
+
+
+def test_disruption_budgets_cover_node_pods_and_rendezvous_pod_separately() -> None:
+    job = pretrain(scheduling={"disruptionBudget": True}, replicas={"min": 3, "max": 5})
+    budgets = [c for c in children.static_children(job) if c["kind"] == "PodDisruptionBudget"]
+    by_name = {b["metadata"]["name"]: b["spec"] for b in budgets}
+    assert by_name["j"]["minAvailable"] == 3
+    assert by_name["j"]["selector"]["matchLabels"][naming.LABEL_ROLE] == naming.ROLE_NODE
+    assert by_name["j-rdzv"]["minAvailable"] == 1
+    assert by_name["j-rdzv"]["selector"]["matchLabels"][naming.LABEL_ROLE] == (
+        naming.ROLE_RENDEZVOUS
+    )
+    # The Eviction API refuses to evict a pod that two budgets select: never both.
+    node_labels = children.node_pod(job, 0)["metadata"]["labels"]
+    rendezvous_labels = children.rendezvous_pod(job)["metadata"]["labels"]
+    for labels in (node_labels, rendezvous_labels):
+        selecting = [name for name, spec in by_name.items()
+                     if spec["selector"]["matchLabels"].items() <= labels.items()]  # fmt: skip
+        assert len(selecting) == 1
+
+
+# ---- resizing a running job ----
+
+
+def sized(index: int, bounds: str, **extra: Any) -> PodState:
+    return node(index, bounds=bounds, **extra)
+
+
+def test_node_pods_record_their_bounds_next_to_their_nnodes() -> None:
+    pod = children.node_pod(pretrain(replicas={"min": 2, "max": 3}), 0)
+    assert pod["metadata"]["annotations"][naming.ANNOTATION_REPLICAS] == "2:3"
+    assert "--nnodes=2:3" in pod["spec"]["containers"][0]["command"]
+    assert pod_state(pod).bounds == "2:3"
+    del pod["metadata"]["annotations"][naming.ANNOTATION_REPLICAS]  # made before the annotation
+    assert pod_state(pod).bounds == "2:3"
+
+
+def test_raising_the_bounds_restarts_every_node_pod_together_with_the_new_ones() -> None:
+    job = pretrain(replicas={"min": 2, "max": 3})
+    before = JobStatus(phase=Phase.RUNNING, pod_uids={"0": "pod-0", "1": "pod-1"})
+    old = [sized(0, "1:2"), sized(1, "1:2")]
+    result = plan(job, before, 2, [*old, rendezvous()], NOW)
+    assert sorted(result.delete_pods) == ["j-node-0", "j-node-1"]
+    assert result.create == []  # not the new node 2 either: no mixed bounds in one rendezvous
+    (resized,) = [e for e in result.events if e.reason == "Resized"]
+    assert "from 1:2 to 2:3" in resized.message
+    assert result.status.phase == Phase.RESTARTING
+
+    terminating = [sized(i, "1:2", deleting=True) for i in (0, 1)]
+    still = plan(job, result.status, 2, [*terminating, rendezvous()], NOW)
+    assert (still.create, still.delete_pods) == ([], [])
+    assert not [e for e in still.events if e.reason == "Resized"]  # said once
+
+    gone = plan(job, still.status, 2, [rendezvous()], NOW)
+    assert created_names(gone) == ["j-node-0", "j-node-1", "j-node-2"]  # at once: no backoff
+    for pod in gone.create:
+        assert "--nnodes=2:3" in pod["spec"]["containers"][0]["command"]
+    assert (gone.status.restarts, gone.status.disruptions) == (0, 0)
+
+
+def test_lowering_max_removes_the_extra_pods_and_restarts_the_rest_once() -> None:
+    job = pretrain(replicas={"min": 2, "max": 2})
+    status = JobStatus(phase=Phase.RUNNING, pod_uids={str(i): f"pod-{i}" for i in range(4)})
+    result = plan(job, status, 2, [*(sized(i, "2:4") for i in range(4)), rendezvous()], NOW)
+    assert sorted(result.delete_pods) == [f"j-node-{i}" for i in range(4)]
+    assert len(result.delete_pods) == 4  # each once
+    gone = plan(job, result.status, 2, [rendezvous()], NOW)
+    assert created_names(gone) == ["j-node-0", "j-node-1"]
+    assert gone.status.restarts == 0
+
+
+def test_pods_with_the_current_bounds_or_unknown_bounds_are_left_alone() -> None:
+    job = pretrain(replicas={"min": 2, "max": 4})
+    pods = [sized(0, "2:4"), sized(1, "2:4"), node(2), sized(3, "2:4"), rendezvous()]
+    result = plan(job, running(), 1, pods, NOW)
+    assert (result.delete_pods, result.create, result.events) == ([], [], [])

@@ -42,12 +42,13 @@ these rules, as the chart's ServiceAccount). */}}
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
+# The budgets and the PodGroup: patched when spec.replicas changes.
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
-  verbs: ["create"]
+  verbs: ["create", "patch"]
 - apiGroups: ["scheduling.x-k8s.io"]
   resources: ["podgroups"]
-  verbs: ["create"]
+  verbs: ["create", "patch"]
 {{- end -}}
 
 {{/* Cluster-scoped in any mode: kopf discovers which resources exist as CRDs come and go. */}}

@@ -3,7 +3,8 @@
 For job J: ConfigMap J-config (the spec as JSON), headless Service J (pod DNS), the rendezvous pod
 and Service J-rdzv (the c10d store lives outside the workers, so losing any worker, worker 0
 included, never takes the rendezvous down), and pods J-node-0 .. J-node-(max-1) running torchrun
-with --nnodes=MIN:MAX. Optional: PodDisruptionBudget, PodGroup (gang), Kueue labels.
+with --nnodes=MIN:MAX. Optional: PodDisruptionBudgets (node pods, rendezvous pod), PodGroup
+(gang), Kueue labels.
 """
 
 from __future__ import annotations
@@ -258,6 +259,11 @@ def node_pod(job: Job, index: int) -> Manifest:
     name = naming.node_pod_name(job.name, index)
     pod = _pod_base(job, name, naming.ROLE_NODE)
     pod["metadata"]["labels"][naming.LABEL_NODE_INDEX] = str(index)
+    # What the reconciler compares with spec.replicas to tell a resize (torchrun's --nnodes).
+    replicas = job.spec.replicas
+    pod["metadata"].setdefault("annotations", {})[naming.ANNOTATION_REPLICAS] = (
+        naming.replica_bounds(replicas.min, replicas.max)
+    )
     scheduling = job.spec.scheduling
     if scheduling.queue_name:
         pod["metadata"]["labels"][KUEUE_QUEUE_LABEL] = scheduling.queue_name
@@ -336,6 +342,7 @@ def node_pod(job: Job, index: int) -> Manifest:
 
 
 def pod_disruption_budget(job: Job) -> Manifest:
+    """Voluntary disruptions (drains, evictions) leave at least replicas.min node pods."""
     return {
         "apiVersion": "policy/v1",
         "kind": "PodDisruptionBudget",
@@ -343,6 +350,24 @@ def pod_disruption_budget(job: Job) -> Manifest:
         "spec": {
             "minAvailable": job.spec.replicas.min,
             "selector": {"matchLabels": job.labels(naming.ROLE_NODE)},
+        },
+    }
+
+
+def rendezvous_disruption_budget(job: Job) -> Manifest:
+    """No voluntary eviction of the rendezvous pod while it serves: every agent's next
+    rendezvous goes through it. A budget of its own, because the Eviction API refuses to evict
+    a pod that more than one budget selects, and one budget over both roles could not say
+    "all of these, at least min of those". A rendezvous pod that is not ready serves nobody and
+    may go (unhealthyPodEvictionPolicy AlwaysAllow), so it never blocks a drain for nothing."""
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": job.metadata(naming.rendezvous_name(job.name)),
+        "spec": {
+            "minAvailable": 1,
+            "selector": {"matchLabels": job.labels(naming.ROLE_RENDEZVOUS)},
+            "unhealthyPodEvictionPolicy": "AlwaysAllow",
         },
     }
 
@@ -366,7 +391,7 @@ def static_children(job: Job) -> list[Manifest]:
     """Children that live as long as the job, whatever its phase."""
     children = [config_map(job), headless_service(job), rendezvous_service(job)]
     if job.spec.scheduling.disruption_budget:
-        children.append(pod_disruption_budget(job))
+        children += [pod_disruption_budget(job), rendezvous_disruption_budget(job)]
     if job.spec.scheduling.gang:
         children.append(pod_group(job))
     return children

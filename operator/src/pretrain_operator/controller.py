@@ -10,7 +10,7 @@ import datetime
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,6 +65,13 @@ class Controller:
         default_factory=lambda: defaultdict(dict)
     )  # job uid -> pod name -> (pod uid, when)
     _deleted: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))  # pod uids
+    # Disrupted pods as their deletion event last showed them, until a plan has seen them: a
+    # pod evicted and deleted within one watch batch is never in the index as terminating.
+    _gone: defaultdict[str, dict[str, PodState]] = field(
+        default_factory=lambda: defaultdict(dict)
+    )  # job uid -> pod uid -> last state
+    _wake_ups: dict[str, asyncio.TimerHandle] = field(default_factory=dict)  # job uid -> timer
+    _wake_up_tasks: set[asyncio.Future[None]] = field(default_factory=set)  # keep them referenced
 
     async def reconcile(
         self,
@@ -72,18 +79,46 @@ class Controller:
         body: Mapping[str, Any],
         pods: Sequence[Mapping[str, Any]],
         base: Mapping[str, Any] | None = None,
-    ) -> None:
+    ) -> float | None:
+        """Reconcile one job; return in how many seconds it wants another look by itself (a
+        backoff ends), None when only a change or the resync needs to bring it back."""
         uid = body["metadata"]["uid"]
         async with self._locks[uid]:
             with metrics.RECONCILE_SECONDS.labels(kind.kind).time():
                 try:
-                    await self._reconcile(kind, body, pods, base)
+                    return await self._reconcile(kind, body, pods, base)
                 except Exception as error:  # the operator must survive any input
                     if kube.namespace_terminating(error):
-                        return
+                        return None
                     metrics.RECONCILE_ERRORS.labels(kind.kind).inc()
                     self.logger.exception("reconcile of %s failed", body["metadata"]["name"])
                     await self._record_failure(kind, body, error)
+                    return None
+
+    def pod_deleted(self, job_uid: str, pod: Mapping[str, Any]) -> None:
+        """A child pod's deletion event: keep its last state for the next plan if it was
+        disrupted (the one thing about a vanished pod the plan cannot see otherwise)."""
+        try:
+            state = pod_state(dict(pod))
+        except (KeyError, TypeError, ValueError):
+            return  # not a pod we can read; it counts as lost, as before
+        if state.disrupted:
+            self._gone[job_uid][state.uid] = state
+
+    def wake_up_later(self, uid: str, delay: float, wake: Callable[[], Awaitable[None]]) -> None:
+        """Run `wake` (a reconcile of job `uid`) in `delay` seconds, so that a backoff ends on
+        time rather than at the next resync; one pending wake-up per job, the latest wins."""
+        pending = self._wake_ups.pop(uid, None)
+        if pending is not None:
+            pending.cancel()
+
+        def fire() -> None:
+            self._wake_ups.pop(uid, None)
+            task = asyncio.ensure_future(wake())
+            self._wake_up_tasks.add(task)
+            task.add_done_callback(self._wake_up_tasks.discard)
+
+        self._wake_ups[uid] = asyncio.get_running_loop().call_later(max(delay, 0.0), fire)
 
     async def _reconcile(
         self,
@@ -91,7 +126,7 @@ class Controller:
         body: Mapping[str, Any],
         pods: Sequence[Mapping[str, Any]],
         base_body: Mapping[str, Any] | None,
-    ) -> None:
+    ) -> float | None:
         meta = body["metadata"]
         namespace, name, generation = meta["namespace"], meta["name"], meta.get("generation", 1)
         now = datetime.datetime.now(datetime.UTC)
@@ -101,7 +136,7 @@ class Controller:
             spec = kind.spec.model_validate(body.get("spec") or {})
         except ValidationError as error:
             await self._invalid_spec(kind, body, current, generation, error, now)
-            return
+            return None
 
         base = base_job_state(dict(base_body)) if base_body is not None else None
         job = self._job(kind, body, spec, base)
@@ -110,7 +145,9 @@ class Controller:
             self._static_applied[meta["uid"]] = generation
 
         states = self._expected(meta["uid"], [pod_state(dict(p)) for p in pods])
-        result = plan(job, current, generation, states, now, await self._metrics(states), base)
+        gone = dict(self._gone.get(meta["uid"], {}))
+        result = plan(job, current, generation, states, now, await self._metrics(states), base,
+                      list(gone.values()))  # fmt: skip
 
         by_name = {p.name: p for p in states}
         for pod in result.delete_pods:
@@ -136,9 +173,12 @@ class Controller:
         if new_status != body.get("status") or current is not self._written.get(meta["uid"]):
             await kube.write_status(self.api, kind, namespace, name, new_status)
         self._written[meta["uid"]] = result.status
+        for pod_uid in gone:  # recorded in the status now written
+            self._gone[meta["uid"]].pop(pod_uid, None)
         if result.delete_job:
             self.logger.info("deleting %s/%s: ttlSecondsAfterFinished passed", namespace, name)
             await kube.delete_job(self.api, kind, namespace, name)
+        return result.requeue_after
 
     def _expected(self, job_uid: str, observed: list[PodState]) -> list[PodState]:
         """Observed pods, corrected for our own creations and deletions not yet seen."""
@@ -176,17 +216,18 @@ class Controller:
                    self.settings.trainer_image, checkpoint, claim)  # fmt: skip
 
     async def _apply_static(self, job: Job) -> list[str]:
-        """Create the long-lived children; return what could not be made for lack of an API."""
+        """Create the long-lived children, or bring those that exist up to the spec (the
+        ConfigMap new pods read, the budget's and the PodGroup's replicas.min after a resize);
+        return what could not be made for lack of an API."""
         missing = []
         for manifest in children.static_children(job):
             try:
                 created = await kube.create(self.api, manifest)
+                if created is None:
+                    await kube.update(self.api, manifest)
             except kube.MissingApiError as error:
                 # An optional add-on (a gang scheduler's PodGroup) is absent: say so and train on.
                 missing.append(f"spec.scheduling: {error}; install it or turn the option off")
-                continue
-            if created is None and manifest["kind"] == "ConfigMap":
-                await kube.replace_config_map(self.api, manifest)
         return missing
 
     async def _metrics(self, pods: list[PodState]) -> TrainerMetrics | None:
@@ -247,7 +288,7 @@ class Controller:
     def _observe(
         self, kind: Kind, body: Mapping[str, Any], before: JobStatus, after: JobStatus
     ) -> None:
-        """Operator metrics: jobs by phase, restarts, resizes, time to Running."""
+        """Operator metrics: jobs by phase, restarts, disruptions, resizes, time to Running."""
         uid = body["metadata"]["uid"]
         old_phase = self._seen_phase.get(uid)
         if old_phase != after.phase.value:
@@ -257,6 +298,8 @@ class Controller:
             self._seen_phase[uid] = after.phase.value
         if after.restarts > before.restarts:
             metrics.RESTARTS.labels(kind.kind).inc(after.restarts - before.restarts)
+        if after.disruptions > before.disruptions:
+            metrics.DISRUPTIONS.labels(kind.kind).inc(after.disruptions - before.disruptions)
         if before.phase == Phase.RUNNING and after.replicas.ready != before.replicas.ready:
             metrics.RESIZES.labels(kind.kind).inc()
         if after.phase == Phase.RUNNING and before.phase != Phase.RUNNING and not before.start_time:
@@ -274,6 +317,10 @@ class Controller:
         self._written.pop(uid, None)
         self._created.pop(uid, None)
         self._deleted.pop(uid, None)
+        self._gone.pop(uid, None)
+        wake_up = self._wake_ups.pop(uid, None)
+        if wake_up is not None:
+            wake_up.cancel()
         phase = self._seen_phase.pop(uid, None)
         if phase:
             metrics.JOBS.labels(kind.kind, phase).dec()

@@ -1,8 +1,9 @@
 """kopf wiring: thin handlers that feed the controller what the indexes observed.
 
 Level-based: every job is reconciled on create, on spec change, on operator resume, on every
-event of one of its pods, and on a resync timer. Indexes over child pods and over the jobs keep
-all observation in memory, so a reconcile costs no list call.
+event of one of its pods, on a resync timer, and when a plan asks to be looked at again (a
+backoff ends). Indexes over child pods and over the jobs keep all observation in memory, so a
+reconcile costs no list call.
 """
 
 from __future__ import annotations
@@ -19,6 +20,11 @@ from pretrain_operator.controller import SETTINGS, Controller
 
 JobKey = tuple[str, str]  # (namespace, name)
 PodKey = tuple[str, str, str]  # (namespace, kind, job name)
+INDEXES = ("job_pods", "pretrain_jobs", "finetune_jobs")  # kopf passes them by these names
+
+
+def _indexes(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    return {name: kwargs[name] for name in INDEXES}
 
 
 @kopf.on.login()
@@ -72,12 +78,12 @@ def _only(index: kopf.Index[Any, Any], key: Any) -> Any:
 
 
 async def _reconcile(
-    kind: Kind,
-    body: Mapping[str, Any],
-    memo: kopf.Memo,
-    job_pods: kopf.Index[PodKey, dict[str, Any]],
-    pretrain_jobs: kopf.Index[JobKey, dict[str, Any]],
+    kind: Kind, body: Mapping[str, Any], memo: kopf.Memo, indexes: Mapping[str, Any]
 ) -> None:
+    """Reconcile one job from what the indexes hold; if its plan asks for another look later,
+    come back then with the job as the index holds it by that time."""
+    job_pods: kopf.Index[PodKey, dict[str, Any]] = indexes["job_pods"]
+    pretrain_jobs: kopf.Index[JobKey, dict[str, Any]] = indexes["pretrain_jobs"]
     namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
     pods = list(job_pods.get((namespace, kind.kind, name), []))
     base = None
@@ -85,15 +91,25 @@ async def _reconcile(
     if kind is FINETUNE_JOB and (spec.get("base") or {}).get("pretrainJob"):
         base = _only(pretrain_jobs, (namespace, spec["base"]["pretrainJob"]))
     controller: Controller = memo.controller
-    await controller.reconcile(kind, body, pods, base)
+    again = await controller.reconcile(kind, body, pods, base)
+    if again is None:
+        return
+
+    async def wake() -> None:
+        jobs = pretrain_jobs if kind is PRETRAIN_JOB else indexes["finetune_jobs"]
+        latest = _only(jobs, (namespace, name))
+        if latest is not None and latest["metadata"]["uid"] == body["metadata"]["uid"]:
+            await _reconcile(kind, latest, memo, indexes)
+
+    controller.wake_up_later(body["metadata"]["uid"], again, wake)
 
 
 def _register(kind: Kind) -> None:
     async def on_change(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
-        await _reconcile(kind, body, memo, kwargs["job_pods"], kwargs["pretrain_jobs"])
+        await _reconcile(kind, body, memo, _indexes(kwargs))
 
     async def on_resync(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
-        await _reconcile(kind, body, memo, kwargs["job_pods"], kwargs["pretrain_jobs"])
+        await _reconcile(kind, body, memo, _indexes(kwargs))
 
     def on_delete(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
         memo.controller.forget(body["metadata"]["uid"], kind)
@@ -114,11 +130,20 @@ for _kind in KINDS:
 
 @kopf.on.event("pods", labels={naming.LABEL_JOB: kopf.PRESENT})
 async def pod_changed(
-    labels: Mapping[str, str], namespace: str | None, memo: kopf.Memo, **kwargs: Any
+    type: str,
+    body: kopf.Body,
+    labels: Mapping[str, str],
+    namespace: str | None,
+    memo: kopf.Memo,
+    **kwargs: Any,
 ) -> None:
     """A child pod changed: reconcile its job now rather than at the next resync."""
     kind = PRETRAIN_JOB if labels.get(naming.LABEL_KIND) == PRETRAIN_JOB.kind else FINETUNE_JOB
     jobs = kwargs["pretrain_jobs"] if kind is PRETRAIN_JOB else kwargs["finetune_jobs"]
-    body = _only(jobs, (namespace, labels[naming.LABEL_JOB]))
-    if body is not None:
-        await _reconcile(kind, body, memo, kwargs["job_pods"], kwargs["pretrain_jobs"])
+    job = _only(jobs, (namespace, labels[naming.LABEL_JOB]))
+    if job is None:
+        return
+    controller: Controller = memo.controller
+    if type == "DELETED":
+        controller.pod_deleted(job["metadata"]["uid"], dict(body))
+    await _reconcile(kind, job, memo, _indexes(kwargs))

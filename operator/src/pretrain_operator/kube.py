@@ -96,12 +96,27 @@ async def create(api: Api, manifest: Manifest) -> str | None:
     return str(created.metadata.uid)
 
 
-async def replace_config_map(api: Api, manifest: Manifest) -> None:
-    """The spec changed: new node pods must read the new one."""
-    metadata = manifest["metadata"]
-    await api.core.patch_namespaced_config_map(
-        metadata["name"], metadata["namespace"], {"data": manifest["data"]}
-    )
+async def update(api: Api, manifest: Manifest) -> None:
+    """Bring an existing child's content up to `manifest` (a merge patch of what the spec
+    decides): the ConfigMap's data, a budget's or PodGroup's spec. Services never change."""
+    metadata, kind = manifest["metadata"], manifest["kind"]
+    name, namespace = metadata["name"], metadata["namespace"]
+    if kind == "ConfigMap":
+        await api.core.patch_namespaced_config_map(name, namespace, {"data": manifest["data"]})
+    elif kind == "PodDisruptionBudget":
+        await api.policy.patch_namespaced_pod_disruption_budget(
+            name, namespace, {"spec": manifest["spec"]}
+        )
+    elif kind != "Service":  # a custom object, e.g. a PodGroup
+        group, version = manifest["apiVersion"].split("/")
+        try:
+            await api.custom.patch_namespaced_custom_object(
+                group, version, namespace, kind.lower() + "s", name, {"spec": manifest["spec"]}
+            )
+        except ApiException as error:
+            if error.status == 404:
+                raise MissingApiError(f"{manifest['apiVersion']} {kind} is not served") from error
+            raise
 
 
 async def delete_pod(api: Api, namespace: str, name: str) -> None:

@@ -19,6 +19,11 @@ PODS_DELETED = Counter("pretrain_operator_pods_deleted_total", "Pods deleted.", 
 RESTARTS = Counter(
     "pretrain_operator_restarts_total", "Node pods recreated after failure or loss.", ["kind"]
 )
+DISRUPTIONS = Counter(
+    "pretrain_operator_disruptions_total",
+    "Node pods recreated after a disruption (eviction, preemption, drain, lost node).",
+    ["kind"],
+)
 RESIZES = Counter(
     "pretrain_operator_elastic_resize_events_total",
     "Changes of the number of ready nodes of a running job.",
@@ -34,5 +39,5 @@ TIME_TO_RUNNING = Histogram(
 # Series exist from the start (at zero), so dashboards and rate() see them before the first job.
 for _kind in ("PretrainJob", "FinetuneJob"):
     for _metric in (RECONCILE_SECONDS, RECONCILE_ERRORS, PODS_CREATED, PODS_DELETED, RESTARTS,
-                    RESIZES, TIME_TO_RUNNING):  # fmt: skip
+                    DISRUPTIONS, RESIZES, TIME_TO_RUNNING):  # fmt: skip
         _metric.labels(_kind)

@@ -6,6 +6,8 @@ LABEL_JOB = "pretrain.dev/job-name"
 LABEL_KIND = "pretrain.dev/job-kind"
 LABEL_ROLE = "pretrain.dev/role"
 LABEL_NODE_INDEX = "pretrain.dev/node-index"
+# On every node pod: the elastic bounds "MIN:MAX" its torchrun was started with (`--nnodes`).
+ANNOTATION_REPLICAS = "pretrain.dev/replicas"
 ROLE_NODE = "node"
 ROLE_RENDEZVOUS = "rendezvous"
 
@@ -20,6 +22,11 @@ TRAINER_CONTAINER = "trainer"
 
 # Exit codes of the trainer that the operator acts on (sysexits.h EX_CONFIG for bad input).
 EXIT_BAD_CONFIGURATION = 78
+
+
+def replica_bounds(min_nodes: int, max_nodes: int) -> str:
+    """The value of ANNOTATION_REPLICAS (and of torchrun's --nnodes)."""
+    return f"{min_nodes}:{max_nodes}"
 
 
 def config_map_name(job: str) -> str:

@@ -27,19 +27,65 @@ class PodState:
     reason: str = ""
     message: str = ""
     unschedulable: str = ""  # the scheduler's message while it cannot place the pod
+    # The DisruptionTarget condition's "reason: message" (eviction, preemption, drain, taint,
+    # pod GC): the pod is going away for reasons of the cluster, not of the training.
+    disruption: str = ""
+    bounds: str = ""  # node pods: the "MIN:MAX" torchrun was started with; "" when unknown
 
     @property
     def failed(self) -> bool:
         return self.phase == "Failed" and not self.deleting
 
     @property
+    def disrupted(self) -> bool:
+        return bool(self.disruption)
+
+    @property
     def active(self) -> bool:
         return self.phase in {"Pending", "Running", "Unknown"} and not self.deleting
+
+
+def _disruption(conditions: dict[str, dict[str, Any]]) -> str:
+    target = conditions.get("DisruptionTarget") or {}
+    if target.get("status") != "True":
+        return ""
+    reason = target.get("reason") or "DisruptionTarget"
+    message = (target.get("message") or "").strip()
+    return f"{reason}: {message}" if message else reason
+
+
+def _nnodes(arguments: list[str]) -> str:
+    """torchrun's --nnodes (`--nnodes=2:4`, `--nnodes 2:4`, `--nnodes=3`) as "MIN:MAX"."""
+    for position, argument in enumerate(arguments):
+        value = None
+        if argument.startswith("--nnodes="):
+            value = argument.removeprefix("--nnodes=")
+        elif argument == "--nnodes" and position + 1 < len(arguments):
+            value = arguments[position + 1]
+        if value is not None:
+            low, _, high = value.partition(":")
+            if low.isdigit() and (high or low).isdigit():
+                return f"{int(low)}:{int(high or low)}"
+    return ""
+
+
+def _bounds(annotations: dict[str, str], spec: dict[str, Any]) -> str:
+    """The annotation the operator puts on node pods; for pods made before it did, torchrun's
+    --nnodes argument."""
+    recorded = annotations.get(naming.ANNOTATION_REPLICAS)
+    if isinstance(recorded, str) and recorded:
+        return recorded
+    for container in spec.get("containers") or []:
+        if isinstance(container, dict) and container.get("name") == naming.TRAINER_CONTAINER:
+            arguments = [*(container.get("command") or []), *(container.get("args") or [])]
+            return _nnodes([str(a) for a in arguments])
+    return ""
 
 
 def pod_state(pod: dict[str, Any]) -> PodState:
     metadata, spec, status = pod["metadata"], pod.get("spec") or {}, pod.get("status") or {}
     labels = metadata.get("labels") or {}
+    annotations = metadata.get("annotations") or {}
     index = labels.get(naming.LABEL_NODE_INDEX)
     conditions = {c.get("type"): c for c in status.get("conditions") or []}
     scheduled = conditions.get("PodScheduled", {})
@@ -67,6 +113,8 @@ def pod_state(pod: dict[str, Any]) -> PodState:
         reason=reason or "",
         message=(message or "").strip()[-512:],
         unschedulable=unschedulable,
+        disruption=_disruption(conditions)[:1024],
+        bounds=_bounds(annotations, spec),
     )
 
 

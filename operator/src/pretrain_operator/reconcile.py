@@ -8,12 +8,15 @@ Nothing here talks to the API server, so every phase transition is unit-tested w
 from __future__ import annotations
 
 import datetime
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from pretrain_operator import children, naming
 from pretrain_operator.api import FinetuneJobSpec, JobStatus, Phase
 from pretrain_operator.api.status import (
     FINISHED_PHASES,
+    Backoff,
     BaseStatus,
     CheckpointStatus,
     Condition,
@@ -27,6 +30,15 @@ from pretrain_operator.observe import BaseJobState, PodState, TrainerMetrics
 RUNNING, SUCCEEDED, FAILED, SUSPENDED, SCHEDULED, WAITING_FOR_BASE = (
     "Running", "Succeeded", "Failed", "Suspended", "Scheduled", "WaitingForBase",
 )  # fmt: skip
+
+# Recreating failed node pods waits 10 s, doubling per consecutive failure up to 5 min, as a
+# Job's pod failure backoff and the kubelet's CrashLoopBackOff do. The delay is forgotten after
+# 10 min of training without a failure (the kubelet's figure too: twice the cap): measured from
+# Running with at least replicas.min pods ready, since an elastic job may never get all of
+# replicas.max and must still earn its way back to quick retries.
+BACKOFF_INITIAL_SECONDS = 10
+BACKOFF_MAX_SECONDS = 300
+BACKOFF_RESET_SECONDS = 600
 
 
 @dataclass
@@ -45,10 +57,79 @@ class Plan:
     delete_pods: list[str] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
     delete_job: bool = False
+    requeue_after: float | None = None  # seconds until the plan changes by itself (a backoff)
 
 
 def timestamp(now: datetime.datetime) -> str:
     return now.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_timestamp(value: str) -> datetime.datetime:
+    return datetime.datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.UTC)
+
+
+def backoff_delay(failures: int) -> int:
+    """Seconds before recreating a pod after `failures` consecutive failures (1 = the first)."""
+    doublings = min(max(failures - 1, 0), 16)  # 10 s x 2^16 is far past the cap already
+    return min(BACKOFF_INITIAL_SECONDS << doublings, BACKOFF_MAX_SECONDS)
+
+
+def _delay_recreation(status: JobStatus, index: int, now: datetime.datetime) -> int:
+    """Hold node `index` back after its pod failed; return the seconds it waits.
+
+    A failure seen while a delay is still running joins it instead of doubling it: when one
+    rank crashes, torch elastic often takes the others down within seconds, and that is one
+    failure of the job, not eight."""
+    backoff = status.backoff
+    if backoff and backoff.indexes and backoff.recreate_after:
+        remaining = (parse_timestamp(backoff.recreate_after) - now).total_seconds()
+        if remaining > 0:
+            backoff.indexes = sorted({*backoff.indexes, index})
+            return math.ceil(remaining)
+    failures = (backoff.failures if backoff else 0) + 1
+    delay = backoff_delay(failures)
+    # Whole seconds (the status's resolution), rounded up: never earlier than the delay says.
+    rounded_up = now.replace(microsecond=0) + datetime.timedelta(seconds=now.microsecond > 0)
+    after = rounded_up + datetime.timedelta(seconds=delay)
+    waiting = backoff.indexes if backoff else []
+    status.backoff = Backoff(failures=failures, delay_seconds=delay,
+                             recreate_after=timestamp(after),
+                             indexes=sorted({*waiting, index}))  # fmt: skip
+    return delay
+
+
+def _held_back(status: JobStatus, index: int, now: datetime.datetime) -> bool:
+    """Whether node `index` waits for the backoff of an earlier failure."""
+    backoff = status.backoff
+    if not backoff or index not in backoff.indexes or not backoff.recreate_after:
+        return False
+    return now < parse_timestamp(backoff.recreate_after)
+
+
+def _released(status: JobStatus, index: int) -> None:
+    if status.backoff and index in status.backoff.indexes:
+        status.backoff.indexes.remove(index)
+
+
+def _seconds_until_release(status: JobStatus, now: datetime.datetime) -> float | None:
+    """When held-back pods may be created; None once they may (an index still waiting then
+    waits for its old pod to vanish, which is an event of its own)."""
+    backoff = status.backoff
+    if not backoff or not backoff.indexes or not backoff.recreate_after:
+        return None
+    remaining = (parse_timestamp(backoff.recreate_after) - now).total_seconds()
+    return remaining if remaining > 0 else None
+
+
+def _forget_backoff_after_healthy_training(status: JobStatus, now: datetime.datetime) -> None:
+    backoff = status.backoff
+    if not backoff or backoff.indexes or status.phase != Phase.RUNNING:
+        return
+    running = next((c for c in status.conditions if c.type == RUNNING), None)
+    since = [parse_timestamp(t) for t in (backoff.recreate_after,
+             running.last_transition_time if running else None) if t]  # fmt: skip
+    if not since or (now - max(since)).total_seconds() >= BACKOFF_RESET_SECONDS:
+        status.backoff = None
 
 
 def set_condition(
@@ -185,7 +266,10 @@ def plan(
     now: datetime.datetime,
     metrics: TrainerMetrics | None = None,
     base: BaseJobState | None = None,
+    gone: Sequence[PodState] = (),
 ) -> Plan:
+    """`gone`: the last states of pods deleted since the last plan, as their deletion events
+    carried them (a pod evicted and deleted at once may never be seen terminating)."""
     status = current.model_copy(deep=True)
     status.observed_generation = generation
     status.selector = children.node_selector_string(job)
@@ -224,12 +308,19 @@ def plan(
         set_condition(status, SUSPENDED, True, "Suspended", "spec.suspend is true", generation, now)
         set_condition(status, RUNNING, False, "Suspended", "spec.suspend is true", generation, now)
         status.pod_uids = {}  # pods deleted on purpose are not losses
+        status.backoff = None  # nor failures: a resume starts afresh
         _summarise(status, node_pods, replicas.max, job)
         return result
     set_condition(status, SUSPENDED, False, "Resumed", "", generation, now)
 
-    # A node pod that exited 0 means torchrun finished: the training is complete.
-    done = next((p for p in node_pods.values() if p.phase == "Succeeded"), None)
+    # Pods started with other --nnodes bounds than spec.replicas says: a resize (see _resize).
+    wanted = naming.replica_bounds(replicas.min, replicas.max)
+    outdated = {i: p for i, p in node_pods.items() if p.bounds and p.bounds != wanted}
+
+    # A node pod that exited 0 means torchrun finished: the training is complete (not one
+    # stopped for a resize, whatever it exited with).
+    done = next((p for i, p in node_pods.items() if p.phase == "Succeeded" and i not in outdated),
+                None)  # fmt: skip
     if done is not None:
         _finish(result, Phase.SUCCEEDED, "TrainingComplete",
                 f"training finished ({done.name} exited 0)", generation, now)  # fmt: skip
@@ -237,15 +328,28 @@ def plan(
         _summarise(status, node_pods, replicas.max, job)
         return result
 
+    if outdated:
+        _resize(result, outdated, wanted)
+    if status.backoff:  # a scale-down leaves no pod to wait for at the indexes it removed
+        status.backoff.indexes = [i for i in status.backoff.indexes if i < replicas.max]
+
     restarted = False
     for index, pod in sorted(node_pods.items()):
+        key = str(index)
+        if index in outdated:  # being replaced for the resize (or removed, if index >= max)
+            continue
         if index >= replicas.max:  # scaled down: remove, not a loss
             if not pod.deleting:
                 result.delete_pods.append(pod.name)
-            status.pod_uids.pop(str(index), None)
+            status.pod_uids.pop(key, None)
+            continue
+        if pod.disrupted:
+            _disrupted(result, pod, key)
+            continue
+        if pod.deleting:  # going away: a loss only if it was ours (its uid is recorded)
             continue
         if not pod.failed:
-            status.pod_uids.setdefault(str(index), pod.uid)  # adopt pods created before a crash
+            status.pod_uids.setdefault(key, pod.uid)  # adopt pods created before a crash
             continue
         if pod.exit_code == naming.EXIT_BAD_CONFIGURATION:
             _finish(result, Phase.FAILED, "InvalidConfiguration",
@@ -255,7 +359,7 @@ def plan(
             return result
         restarted = True
         status.restarts += 1
-        status.pod_uids[str(index)] = ""
+        status.pod_uids[key] = ""
         result.delete_pods.append(pod.name)
         why = f"pod {pod.name} failed with exit code {pod.exit_code} ({pod.reason or 'Error'})"
         if status.restarts > job.spec.failure_policy.max_restarts:
@@ -264,12 +368,19 @@ def plan(
                     f"{job.spec.failure_policy.max_restarts}", generation, now)  # fmt: skip
             result.delete_pods = [p.name for p in pods if p.active]
             return result
-        result.events.append(Event("Warning", "PodFailed", f"{why}; recreating it "
+        delay = _delay_recreation(status, index, now)
+        result.events.append(Event("Warning", "PodFailed", f"{why}; recreating it in {delay}s "
                                    f"(restart {status.restarts})"))  # fmt: skip
 
+    last_states = {p.uid: p for p in gone if p.role == naming.ROLE_NODE}
     for index in range(replicas.max):
         key = str(index)
-        if index not in node_pods and status.pod_uids.get(key):
+        if index in node_pods:
+            continue
+        last = last_states.get(status.pod_uids.get(key) or "")
+        if last is not None and last.disrupted:
+            _count_disruption(result, last, key)
+        elif status.pod_uids.get(key):
             restarted = True
             status.restarts += 1
             name = naming.node_pod_name(job.name, index)
@@ -277,20 +388,27 @@ def plan(
                 f"pod {name} disappeared (deleted, evicted or its node was lost); "
                 f"recreating it (restart {status.restarts})"))  # fmt: skip
             status.pod_uids[key] = ""
-        if index not in node_pods:
-            result.create.append(children.node_pod(job, index))
+        # A resize starts the new pods once every old one is gone: agents with other bounds
+        # must not meet in one rendezvous, and the old ones are still saving their checkpoint.
+        if outdated or _held_back(status, index, now):
+            continue
+        result.create.append(children.node_pod(job, index))
+        _released(status, index)
     if status.restarts > job.spec.failure_policy.max_restarts:
         _finish(result, Phase.FAILED, "RestartLimitExceeded",
                 f"{status.restarts} restarts exceed failurePolicy.maxRestarts "
                 f"{job.spec.failure_policy.max_restarts}", generation, now)  # fmt: skip
         result.create, result.delete_pods = [], [p.name for p in pods if p.active]
         return result
+    result.requeue_after = _seconds_until_release(status, now)
 
     if rendezvous is None:
         result.create.insert(0, children.rendezvous_pod(job))
     elif rendezvous.phase in {"Failed", "Succeeded"} and not rendezvous.deleting:
         result.delete_pods.append(rendezvous.name)  # recreated once gone
 
+    leaving = set(result.delete_pods)  # deleted by this plan (a resize): not training on
+    active = [p for p in active if p.name not in leaving]
     ready = sum(1 for p in active if p.ready and p.phase == "Running")
     scheduled = [p for p in active if p.node]
     unschedulable = next((p.unschedulable for p in active if p.unschedulable), "")
@@ -303,6 +421,8 @@ def plan(
                       generation, now)  # fmt: skip
     else:
         message = f"{ready} of {replicas.min} required node pods ready"
+        if outdated:
+            message += f"; resizing to --nnodes={wanted}"
         if unschedulable:
             message += f"; the scheduler says: {unschedulable}"
         if restarted or previous in {Phase.RUNNING, Phase.RESTARTING}:
@@ -319,8 +439,51 @@ def plan(
                       f"{replicas.max} node pods scheduled", generation, now)  # fmt: skip
     if status.phase != previous:
         result.events.append(Event("Normal", status.phase.value, _phase_message(status)))
+    _forget_backoff_after_healthy_training(status, now)
     _summarise(status, node_pods, replicas.max, job)
     return result
+
+
+def _disrupted(plan: Plan, pod: PodState, key: str) -> None:
+    """A pod the cluster takes away (eviction, preemption, drain, taint, lost node): recreated
+    once gone, without a backoff."""
+    _count_disruption(plan, pod, key)
+    if pod.failed:  # evicted by the kubelet: Failed, and nobody else deletes it
+        plan.delete_pods.append(pod.name)
+
+
+def _count_disruption(plan: Plan, pod: PodState, key: str) -> None:
+    """Once per pod in status.disruptions, never as a restart: its pod_uids entry is cleared,
+    so that its disappearance later is not counted as a loss."""
+    status = plan.status
+    if status.pod_uids.get(key) == "":
+        return
+    status.disruptions += 1
+    status.pod_uids[key] = ""
+    plan.events.append(Event("Warning", "PodDisrupted",
+        f"pod {pod.name} disrupted ({pod.disruption}); recreating it, not counted as a "
+        f"restart (disruption {status.disruptions})"))  # fmt: skip
+
+
+def _resize(plan: Plan, outdated: dict[int, PodState], wanted: str) -> None:
+    """spec.replicas changed: restart every node pod with the new --nnodes.
+
+    torch elastic keeps min_nodes and max_nodes in each agent, not in the shared rendezvous
+    state, and each agent closes a round by its own bounds: a new agent with a higher max next
+    to old ones is either shut out of the round or keeps the others restarting. So all node
+    pods stop together (SIGTERM: the trainer saves a checkpoint at the step it is on) and come
+    back with the new bounds. Neither a restart nor a disruption."""
+    status = plan.status
+    leaving = [p for p in outdated.values() if not p.deleting]
+    for index in outdated:
+        status.pod_uids.pop(str(index), None)  # deleted on purpose: not a loss
+    plan.delete_pods += [p.name for p in leaving]
+    if leaving:
+        before = sorted({p.bounds for p in outdated.values()})
+        plan.events.append(Event("Normal", "Resized",
+            f"spec.replicas changed from {', '.join(before)} to {wanted} (MIN:MAX): restarting "
+            f"the node pods together with --nnodes={wanted}; they save a checkpoint on SIGTERM "
+            "and resume from it"))  # fmt: skip
 
 
 def _phase_message(status: JobStatus) -> str:

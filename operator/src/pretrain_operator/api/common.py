@@ -306,7 +306,10 @@ class Scheduling(ApiModel):
         "", max_length=253, description="Kueue LocalQueue; sets kueue.x-k8s.io/queue-name."
     )
     disruption_budget: bool = Field(
-        False, description="Create a PodDisruptionBudget with minAvailable = replicas.min."
+        False,
+        description="Create PodDisruptionBudgets: one keeps replicas.min node pods through "
+        "voluntary disruptions (drains, evictions), another (NAME-rdzv) keeps the rendezvous pod "
+        "while it is ready.",
     )
 
 
@@ -317,7 +320,8 @@ class FailurePolicy(ApiModel):
         10,
         ge=0,
         le=10000,
-        description="Recreate failed or lost pods up to this many times; then the job fails.",
+        description="Recreate failed or lost pods up to this many times; then the job fails. "
+        "Disruptions (eviction, preemption, drain, a lost node) do not count.",
     )
 
 

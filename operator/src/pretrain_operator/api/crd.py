@@ -137,6 +137,8 @@ def printer_columns(kind: Kind) -> list[dict[str, Any]]:
         {"name": "Loss", "type": "number", "jsonPath": ".status.progress.loss"},
         {"name": "Tokens/s", "type": "number", "jsonPath": ".status.progress.tokensPerSecond"},
         {"name": "Restarts", "type": "integer", "jsonPath": ".status.restarts", "priority": 1},
+        {"name": "Disruptions", "type": "integer", "jsonPath": ".status.disruptions",
+         "priority": 1},
         {"name": "Checkpoint", "type": "integer", "jsonPath": ".status.checkpoint.step",
          "priority": 1},
     ]  # fmt: skip

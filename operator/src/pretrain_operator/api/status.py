@@ -77,6 +77,22 @@ class EvaluationStatus(ApiModel):
     metrics: dict[str, float] = Field(default_factory=dict, description="Metric name to value.")
 
 
+class Backoff(ApiModel):
+    """The delay before node pods that failed are recreated, as a Job delays its retries: 10 s
+    for the first failure, doubling with each consecutive one, at most 5 min; forgotten once the
+    job has trained for 10 min without a failure. Pods that fail while a delay runs (one crash
+    takes every rank down) wait for the same delay rather than doubling it."""
+
+    failures: int = Field(0, ge=0, description="Consecutive failures the delay was computed from.")
+    delay_seconds: int = Field(0, ge=0, description="The current delay.")
+    recreate_after: str | None = Field(
+        None, description="When the failed node pods may be recreated (RFC 3339)."
+    )
+    indexes: list[int] = Field(
+        default_factory=list, description="Node indexes waiting for recreateAfter."
+    )
+
+
 class JobStatus(ApiModel):
     """Observed state of a PretrainJob or FinetuneJob."""
 
@@ -88,11 +104,27 @@ class JobStatus(ApiModel):
     nodes: str = Field("", description="Ready/desired node pods, e.g. 3/4.")
     selector: str = Field("", description="Label selector of the node pods (scale subresource).")
     world_size: int = Field(0, ge=0, description="Processes training now (nodes x devices).")
-    restarts: int = Field(0, ge=0, description="Node pods recreated after failure or loss.")
+    restarts: int = Field(
+        0,
+        ge=0,
+        description="Node pods recreated after they failed or vanished; counted against "
+        "failurePolicy.maxRestarts.",
+    )
+    disruptions: int = Field(
+        0,
+        ge=0,
+        description="Node pods recreated after a disruption (the DisruptionTarget pod "
+        "condition: eviction, preemption, node drain or taint, a lost node); not counted "
+        "against failurePolicy.maxRestarts.",
+    )
+    backoff: Backoff | None = Field(
+        None, description="Delay before failed node pods are recreated; absent when none."
+    )
     pod_uids: dict[str, str] = Field(
         default_factory=dict,
         description="UID of the node pod the operator created last, by node index (empty once "
-        "its loss is counted): how a vanished pod is told from one never created.",
+        "its loss is counted as a restart or a disruption, or its deletion was the "
+        "operator's own): how a vanished pod is told from one never created.",
     )
     progress: Progress = Field(default_factory=Progress, description="Training progress.")
     checkpoint: CheckpointStatus = Field(

@@ -207,10 +207,12 @@ OPERATOR = Dashboard(
                   "the dashboard's range.", "s",
                   _quantiles("pretrain_operator_time_to_running_seconds", "", "le, kind",
                              "$__range"), kind="stat"),
-            Panel("Restarts and resizes", "Node pods recreated, and changes of a running job's "
-                  "ready nodes, per second.", "ops",
+            Panel("Restarts and resizes", "Node pods recreated after a failure or a "
+                  "disruption, and changes of a running job's ready nodes, per second.", "ops",
                   (Query(f"sum by (kind) (rate(pretrain_operator_restarts_total[{RATE}]))",
                          "restarts {{kind}}"),
+                   Query(f"sum by (kind) (rate(pretrain_operator_disruptions_total[{RATE}]))",
+                         "disruptions {{kind}}"),
                    Query("sum by (kind) (rate(pretrain_operator_elastic_resize_events_total"
                          f"[{RATE}]))", "resizes {{kind}}"))),
             Panel("Jobs by phase", "Jobs the operator sees, by phase.", "short",
