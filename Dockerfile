@@ -57,25 +57,33 @@ ENV PATH=/opt/pretrain/bin:$PATH
 USER 1000:1000
 ENTRYPOINT ["pretrain-operator"]
 
-FROM venv AS trainer-wheels
+# The trainer's (empty) environment, in a stage that no source change touches.
+FROM venv AS trainer-venv
+RUN python3 -m venv /opt/pretrain
+
+FROM trainer-venv AS trainer-wheels
 COPY operator/ /src/operator/
 COPY trainer/ /src/trainer/
 RUN --mount=type=secret,id=ca-certificates \
     if [ -s "$CA" ]; then export PIP_CERT="$CA"; fi \
- && python3 -m venv /opt/pretrain \
  && /opt/pretrain/bin/pip wheel --quiet --no-deps --wheel-dir /wheels /src/operator /src/trainer
 
-# torch with its CUDA libraries is 6 GB, so it is installed in the final stage itself (one layer)
-# rather than copied from a build stage: a copy would double the disk a build needs.
+# torch with its CUDA libraries is 6 GB, so it is installed in the final stage itself rather than
+# copied from a build stage (a copy would double the disk a build needs), and in a layer of its
+# own that depends on the lock alone: a change of our code rebuilds, and a node re-imports, only
+# the thin layer of our wheels above it.
 FROM python AS trainer
-COPY --from=trainer-wheels /opt/pretrain /opt/pretrain
-RUN --mount=type=bind,from=trainer-wheels,source=/wheels,target=/wheels \
-    --mount=type=bind,from=lock,source=/lock,target=/lock \
-    --mount=type=secret,id=ca-certificates \
+COPY --from=trainer-venv /opt/pretrain /opt/pretrain
+COPY --from=lock /lock/trainer.txt /opt/pretrain/requirements.txt
+RUN --mount=type=secret,id=ca-certificates \
     if [ -s /run/secrets/ca-certificates ]; then export PIP_CERT=/run/secrets/ca-certificates; fi \
  && export PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
- && /opt/pretrain/bin/pip install --quiet --require-hashes -r /lock/trainer.txt \
- && /opt/pretrain/bin/pip install --quiet --no-deps /wheels/*.whl \
+ && /opt/pretrain/bin/pip install --quiet --require-hashes -r /opt/pretrain/requirements.txt
+# Copied, not bind-mounted: a copy's digest is part of the layer cache's key, so new code is
+# never served from a stale layer.
+COPY --from=trainer-wheels /wheels /opt/pretrain/wheels
+RUN PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    /opt/pretrain/bin/pip install --quiet --no-deps /opt/pretrain/wheels/*.whl \
  && /opt/pretrain/bin/pip uninstall --quiet --yes pip
 ENV PATH=/opt/pretrain/bin:$PATH
 USER 1000:1000

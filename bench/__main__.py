@@ -65,7 +65,7 @@ def recovery(quick: bool) -> Report:
     from bench import recovery as bench
 
     if os.geteuid() != 0:
-        return {"summary": "not measured: needs root (local nodes give pods namespaces)"}
+        return {"summary": "not measured: needs root (real nodes run containerd and a kubelet)"}
     return bench.measure(runs=1 if quick else 3)
 
 

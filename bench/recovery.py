@@ -1,12 +1,12 @@
-"""Recovery: on local nodes (pods are real processes), the time from killing a node pod of a
-running PretrainJob to its next completed step, broken into where it goes, against the same job's
-cold start (applied to first step) in the same run.
+"""Recovery: on real kubelet nodes (pods run from the trainer image), the time from killing a
+node pod of a running PretrainJob to its next completed step, broken into where it goes, against
+the same job's cold start (applied to first step) in the same run.
 
 The job has a fixed size (2 nodes, min = max), so the survivor waits for the replacement and
 every phase lies on the path. The clocks are this machine's: the pods' events as a watch
 receives them, the restart line the trainer writes to metrics.jsonl, the step lines' times.
 
-    detection        kill -> the API reports the pod Failed (the local node's kubelet)
+    detection        kill -> the API reports the pod Failed (the kubelet)
     replacement      Failed -> its replacement created (the operator deletes and recreates)
     pod start        created -> its container running (scheduler, kubelet)
     rendezvous       running -> the new workers started (torchrun, the c10d round, the spawn)
@@ -36,7 +36,7 @@ from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import ProtocolError
 
 from bench.stats import median
-from devcluster.localnode import network
+from devcluster.realnode.cgroups import pod_processes
 from devcluster.system import LocalSystem, local_system
 from devcluster.waiting import wait_until
 
@@ -157,9 +157,10 @@ def last_step(system: LocalSystem) -> int:
 
 
 def kill(system: LocalSystem, name: str) -> tuple[float, str]:
-    """SIGKILL every process of the pod (a crash: the pod turns Failed); (when, its uid)."""
+    """SIGKILL every process of the pod's container (a crash: the pod turns Failed); (when, its
+    uid)."""
     pod = system.session.core.read_namespaced_pod(name, system.namespace)
-    pids = network.namespace_pids(pod.metadata.uid)
+    pids = pod_processes(pod.metadata.uid)
     killed = time.time()
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):

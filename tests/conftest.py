@@ -1,6 +1,7 @@
 """Shared fixtures: one real cluster per test session, a fresh restricted namespace per test,
-simulated (kwok) GPU/TPU nodes and local nodes that really run pods on demand, the offline
-corpus as a volume for jobs, and the tiny job of the end-to-end tests with its reference run."""
+simulated (kwok) GPU/TPU nodes and real kubelet nodes (containerd, runc, the trainer image) on
+demand, the offline corpus as a volume for jobs, and the tiny job of the end-to-end tests with
+its reference run."""
 
 from __future__ import annotations
 
@@ -15,12 +16,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from devcluster.localnode.pool import LocalNodePool
 from devcluster.nodes import NodePool
+from devcluster.realnode.pool import Image, RealNodePool
 from devcluster.session import ClusterSession, open_session
+from devcluster.system import POD_UID
 from devcluster.volumes import create_bound_claim
 from devcluster.waiting import exists, wait_until
 from e2e_support import job_manifest
+from image_builds import STORAGE_DRIVER, build, image_name
 from operator_process import OperatorProcess, install_chart, token_kubeconfig
 from pinned_tokenizers import install as install_pinned_tokenizers
 from pretrain_trainer.corpus import build_image_corpus, build_text_corpus
@@ -109,15 +112,28 @@ def node_pool(cluster: ClusterSession) -> Iterator[NodePool]:
     pool.delete()
 
 
+@pytest.fixture(scope="session")
+def trainer_image() -> str:
+    """The trainer image from the Dockerfile (`make image`, under the tests' tag): what the
+    real nodes' pods run. Built once per machine and content (buildah's layer cache)."""
+    return build("trainer")
+
+
 @pytest.fixture
-def local_nodes(
-    cluster: ClusterSession, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[LocalNodePool]:
-    """Local nodes that really run pods (none until `add()`), stopped and deleted afterwards.
-    They need root: each pod gets network and mount namespaces of its own."""
+def real_nodes(
+    cluster: ClusterSession, trainer_image: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RealNodePool]:
+    """Real nodes (a kubelet on its own containerd each; none until `add()`) holding the trainer
+    image, killed and deleted afterwards. They need root (containerd, cgroups, a bridge) and
+    the local control plane (its CA signs their certificates)."""
     if os.geteuid() != 0:
-        pytest.skip("local nodes need root (network and mount namespaces per pod)")
-    pool = LocalNodePool(cluster.kubeconfig, tmp_path_factory.mktemp("local-nodes"), cluster.core)
+        pytest.skip("real nodes need root (containerd, cgroups, the host bridge)")
+    if not cluster.local:
+        pytest.skip("real nodes join the local control plane only; on $KUBECONFIG's cluster "
+                    "the e2e tests need that cluster's own nodes")  # fmt: skip
+    image = Image(trainer_image, STORAGE_DRIVER)
+    pool = RealNodePool(cluster.kubeconfig, tmp_path_factory.mktemp("real-nodes"), cluster.core,
+                        cluster.kubeconfig.parent, (image,))  # fmt: skip
     yield pool
     pool.close()
 
@@ -142,8 +158,10 @@ def operator(
     """The operator, from source, with exactly the rights the chart grants its ServiceAccount."""
     directory = tmp_path_factory.mktemp("operator")
     token = install_chart(cluster)
+    # The node pods name the image the real nodes hold; kwok's pods only carry the name.
     process = OperatorProcess(token_kubeconfig(cluster, token, directory / "kubeconfig"),
-                              directory / "operator.log")  # fmt: skip
+                              directory / "operator.log",
+                              trainer_image=image_name("trainer"))  # fmt: skip
     process.start()
     yield process
     process.stop()
@@ -172,5 +190,7 @@ def checkpoints(cluster: ClusterSession, namespace: str, pvc_root: Path, tmp_pat
     create_bound_claim(cluster.core, namespace, "corpus", str(pvc_root / "corpus"))
     directory = tmp_path / "checkpoints"
     directory.mkdir()
+    if os.geteuid() == 0:
+        os.chown(directory, POD_UID, POD_UID)  # the node pods write here as uid 1000
     create_bound_claim(cluster.core, namespace, "checkpoints", str(directory))
     return directory

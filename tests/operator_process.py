@@ -56,6 +56,7 @@ class OperatorProcess:
     kubeconfig: Path
     log: Path
     resync_seconds: float = 2.0
+    trainer_image: str = ""  # the node pods' image; empty: the operator's default
     metrics_port: int = field(default_factory=free_port)
     health_port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
@@ -66,7 +67,8 @@ class OperatorProcess:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "pretrain_operator",
                  f"--metrics-port={self.metrics_port}", f"--health-port={self.health_port}",
-                 f"--resync-seconds={self.resync_seconds}"],
+                 f"--resync-seconds={self.resync_seconds}",
+                 *([f"--trainer-image={self.trainer_image}"] if self.trainer_image else [])],
                 env=env, stdout=log, stderr=subprocess.STDOUT,
             )  # fmt: skip
         wait_until(self.healthy, "the operator's liveness probe", timeout=60)

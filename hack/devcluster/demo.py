@@ -1,9 +1,9 @@
 """`make demo`: the whole system on this machine. A local control plane, the CRDs, the operator
-(from source), two local nodes that really run pods, and the jobs of DEMO_JOBS applied in a
-restricted namespace; a progress bar per job (phase, step/total, loss, tokens/s) until every job
-has Succeeded, then where the artifacts are. Everything started is stopped again, on Ctrl-C too;
-the artifacts stay in the demo directory until the next demo. Needs root (local nodes create
-namespaces).
+(from source), two real kubelet nodes running `make image`'s trainer image, and the jobs of
+DEMO_JOBS applied in a restricted namespace; a progress bar per job (phase, step/total, loss,
+tokens/s) until every job has Succeeded, then where the artifacts are. Everything started is
+stopped again, on Ctrl-C too; the artifacts stay in the demo directory until the next demo. Needs
+root (containerd, cgroups, the host bridge).
 """
 
 from __future__ import annotations
@@ -196,12 +196,12 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m devcluster.demo", description=__doc__)
     parser.add_argument("--dir", type=Path, default=Path(".demo"), help="state and artifacts")
-    parser.add_argument("--nodes", type=int, default=2, help="local nodes to start")
+    parser.add_argument("--nodes", type=int, default=2, help="real nodes to start")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds to wait for the jobs")
     args = parser.parse_args(argv)
     console = Console()
     if os.geteuid() != 0:
-        console.print("demo: needs root: local nodes give every pod network and mount namespaces")
+        console.print("demo: needs root: the real nodes run containerd and the kubelet")
         return 2
     directory = args.dir.resolve()
     directory.mkdir(parents=True, exist_ok=True)

@@ -3,8 +3,8 @@ loss of the fault-free `pretrain run`, and the same final model. For each fault 
 the fault to the next completed step is printed (run with -s to see it).
 
 Two jobs carry the five faults (each job start costs a minute on two cores): the worker faults
-(a node pod killed, the rendezvous pod killed, a whole local node stopped) and the control faults
-(the operator killed and restarted, suspend then resume).
+(a node pod's processes killed, the rendezvous pod's killed, a whole node's machine dead and its
+Node deleted) and the control faults (the operator killed and restarted, suspend then resume).
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 from test_pretrain_job import assert_matches_reference, start_job
 
-from devcluster.localnode import network
-from devcluster.localnode.pool import LocalNodePool
+from devcluster.realnode.cgroups import pod_processes
+from devcluster.realnode.pool import RealNodePool
 from devcluster.session import ClusterSession
 from devcluster.waiting import wait_until
 from e2e_support import CHECKPOINT_EVERY, JobRun
@@ -30,9 +30,10 @@ pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.usefixtures("op
 
 
 def kill_pod(run: JobRun, name: str) -> None:
-    """SIGKILL every process of the pod: a crash, not a deletion (the pod turns Failed)."""
+    """SIGKILL every process of the pod's container: a crash, not a deletion (the pod turns
+    Failed)."""
     [pod] = [p for p in run.pods() if p["metadata"]["name"] == name]
-    pids = network.namespace_pids(pod["metadata"]["uid"])
+    pids = pod_processes(pod["metadata"]["uid"])
     assert pids, f"{name} runs no process"
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
@@ -63,15 +64,15 @@ def survive(run: JobRun, fault: str, after_step: int, inject: Any) -> None:
     )
 
 
-def test_a_killed_node_pod_a_killed_rendezvous_and_a_stopped_node(
+def test_a_killed_node_pod_a_killed_rendezvous_and_a_lost_node(
     cluster: ClusterSession,
     namespace: str,
-    local_nodes: LocalNodePool,
+    real_nodes: RealNodePool,
     checkpoints: Path,
     reference: Path,
 ) -> None:
-    nodes = [local_nodes.add(), local_nodes.add()]
-    run = start_job(cluster, namespace, local_nodes, checkpoints)
+    nodes = [real_nodes.add(), real_nodes.add()]
+    run = start_job(cluster, namespace, real_nodes, checkpoints)
 
     survive(run, "node pod killed", CHECKPOINT_EVERY + 1, lambda: kill_pod(run, "tiny-node-1"))
     # The running group does not use the store between rendezvous rounds, so steps go on; the
@@ -96,7 +97,12 @@ def test_a_killed_node_pod_a_killed_rendezvous_and_a_stopped_node(
 
     step = max(r["step"] for r in run.records if "loss" in r)
     busiest = max(nodes, key=lambda n: sum(p["spec"]["nodeName"] == n for p in run.pods()))
-    survive(run, f"local node {busiest} stopped", step + 1, lambda: local_nodes.stop(busiest))
+
+    def machine_lost() -> None:
+        real_nodes.stop(busiest)
+        real_nodes.remove(busiest)  # as a cloud's node controller does for a deleted machine
+
+    survive(run, f"node {busiest} lost", step + 1, machine_lost)
     moved = wait_until(
         lambda: running_node_pods(run)[1:] and running_node_pods(run),
         "two node pods running again",
@@ -112,14 +118,14 @@ def test_a_killed_node_pod_a_killed_rendezvous_and_a_stopped_node(
 def test_the_operator_restarted_and_a_suspend_then_resume(
     cluster: ClusterSession,
     namespace: str,
-    local_nodes: LocalNodePool,
+    real_nodes: RealNodePool,
     checkpoints: Path,
     reference: Path,
     operator: OperatorProcess,
 ) -> None:
-    local_nodes.add()
-    local_nodes.add()
-    run = start_job(cluster, namespace, local_nodes, checkpoints)
+    real_nodes.add()
+    real_nodes.add()
+    run = start_job(cluster, namespace, real_nodes, checkpoints)
     survive(
         run,
         "operator killed and restarted",

@@ -1,6 +1,6 @@
-"""A FinetuneJob chained to a PretrainJob through the operator on local nodes: it waits while its
-base trains, then starts from the base's last checkpoint, trains, and reports its evaluation in
-status.evaluation."""
+"""A FinetuneJob chained to a PretrainJob through the operator on real kubelet nodes: it waits
+while its base trains, then starts from the base's last checkpoint, trains, and reports its
+evaluation in status.evaluation."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from devcluster.localnode.pool import LocalNodePool
+from devcluster.realnode.pool import RealNodePool
 from devcluster.session import ClusterSession
 from devcluster.waiting import wait_until
 from e2e_support import MAX_STEPS, JobRun, job_manifest
@@ -52,15 +52,15 @@ def finetune_status(cluster: ClusterSession, namespace: str, name: str) -> dict[
 
 
 def test_a_finetune_job_waits_for_its_base_then_reports_its_evaluation(
-    cluster: ClusterSession, namespace: str, local_nodes: LocalNodePool, checkpoints: Path,
+    cluster: ClusterSession, namespace: str, real_nodes: RealNodePool, checkpoints: Path,
     pvc_root: Path, figure: Callable[[str, float], None],
 ) -> None:  # fmt: skip
     build_docs(pvc_root / "corpus")  # the labeled set, beside the unlabeled corpus on the claim
-    local_nodes.add()
-    local_nodes.add()
-    finetune = finetune_manifest("chain", local_nodes.selector)
+    real_nodes.add()
+    real_nodes.add()
+    finetune = finetune_manifest("chain", real_nodes.selector)
     cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=yaml.safe_dump(finetune))
-    pretrain = job_manifest("chain", local_nodes.selector)
+    pretrain = job_manifest("chain", real_nodes.selector)
     cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=yaml.safe_dump(pretrain))
     base = JobRun(cluster, namespace, "chain", checkpoints / "chain")
     name = finetune["metadata"]["name"]

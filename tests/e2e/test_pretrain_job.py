@@ -1,4 +1,4 @@
-"""The operator's pods really train: a 2-to-3-node elastic PretrainJob on local nodes runs to
+"""The operator's pods really train: a 2-to-3-node elastic PretrainJob on real kubelet nodes runs to
 Succeeded and follows `pretrain run` of the same spec step by step; Prometheus scrapes the
 trainer's metrics from every node pod."""
 
@@ -19,7 +19,7 @@ import yaml
 from safetensors.torch import load_file
 
 from devcluster.controlplane import free_port
-from devcluster.localnode.pool import LocalNodePool
+from devcluster.realnode.pool import RealNodePool
 from devcluster.session import ClusterSession
 from devcluster.waiting import wait_until
 from e2e_support import (
@@ -35,7 +35,7 @@ from e2e_support import (
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.usefixtures("operator")]
 
 
-def start_job(cluster: ClusterSession, namespace: str, nodes: LocalNodePool, checkpoints: Path,
+def start_job(cluster: ClusterSession, namespace: str, nodes: RealNodePool, checkpoints: Path,
               name: str = "tiny") -> JobRun:  # fmt: skip
     manifest = yaml.safe_dump(job_manifest(name, nodes.selector))
     cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=manifest)
@@ -123,19 +123,19 @@ def query(server: str, expression: str) -> list[dict[str, object]]:
         return []
 
 
-def test_an_elastic_job_on_local_nodes_trains_exactly_like_pretrain_run(
-    cluster: ClusterSession, namespace: str, local_nodes: LocalNodePool, checkpoints: Path,
+def test_an_elastic_job_on_real_nodes_trains_exactly_like_pretrain_run(
+    cluster: ClusterSession, namespace: str, real_nodes: RealNodePool, checkpoints: Path,
     reference: Path, tmp_path: Path,
 ) -> None:  # fmt: skip
-    local_nodes.add()
-    local_nodes.add()
-    run = start_job(cluster, namespace, local_nodes, checkpoints)
+    real_nodes.add()
+    real_nodes.add()
+    run = start_job(cluster, namespace, real_nodes, checkpoints)
     with prometheus(cluster, namespace, tmp_path) as server:
         run.wait_step(1)
         node_pods = {p["metadata"]["name"] for p in run.pods()
                      if p["metadata"]["labels"]["pretrain.dev/role"] == "node"}  # fmt: skip
         assert len(node_pods) == 3  # replicas.max: every node pod joined
-        # kubectl logs through the local node (the operator removes the store once done).
+        # kubectl logs through the kubelet (the operator removes the store once done).
         logs = cluster.kubectl("logs", "-n", namespace, "tiny-rdzv").stdout
         assert "rendezvous store listening" in logs
 

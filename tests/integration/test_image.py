@@ -1,64 +1,21 @@
 """The Dockerfile built for real with buildah (no Docker engine here), on a base image made with
 debootstrap and tagged as the name the Dockerfile pins; the built images run. The tests build
-under a tag of their own, so `make image`'s images are left alone. They keep that image: the next
-run's build is then a cache hit on every layer (seconds instead of minutes of installing torch),
-and a build whose sources changed frees the image it replaces (hack/build-images.sh), so at most
-one test image of each target stays."""
+under a tag of their own (tests/image_builds.py), so `make image`'s images are left alone."""
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from packaging.utils import canonicalize_name
 
+from image_builds import build, buildah
 from lockfile import locked_versions
 from pretrain_operator import __version__
 
-ROOT = Path(__file__).resolve().parents[2]
-BUILDAH = ["buildah", "--storage-driver", os.environ.get("STORAGE_DRIVER", "overlay")]
-TAG = "test"
-# Building the trainer holds its 6 GB layer three times at its peak: the container's writable
-# layer, the layer's tar while it is committed, the committed layer.
-FREE_SPACE_NEEDED = {"operator": 2 << 30, "trainer": 20 << 30}
-
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(shutil.which("buildah") is None, reason="buildah is not installed"),
-]
-
-
-def buildah(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*BUILDAH, *args], capture_output=True, text=True, check=check,
-                          timeout=600)  # fmt: skip
-
-
-def skip_unless_disk_for(target: str) -> None:
-    """Skip, saying why, where the disk cannot hold the build (an ENOSPC error deep in a
-    commit tells a developer much less)."""
-    storage = json.loads(buildah("info").stdout)["store"]["GraphRoot"]
-    for where in {storage, os.environ.get("TMPDIR", "/var/tmp")}:
-        free = shutil.disk_usage(where).free
-        if free < FREE_SPACE_NEEDED[target]:
-            pytest.skip(f"building the {target} image needs {FREE_SPACE_NEEDED[target] >> 30} GiB "
-                        f"free at {where}; {free >> 30} GiB are")  # fmt: skip
-
-
-def build(target: str) -> str:
-    """`make image` for one target, forced onto buildah, under the tests' tag; the image's name."""
-    skip_unless_disk_for(target)
-    built = subprocess.run(
-        [str(ROOT / "hack" / "build-images.sh"), target],
-        env={**os.environ, "BUILDAH": "1", "IMAGE_TAG": TAG},
-        capture_output=True, text=True, timeout=3000,
-    )  # fmt: skip
-    assert built.returncode == 0, built.stderr[-5000:]
-    return f"localhost/pretrain-operator/{target}:{TAG}"
+pytestmark = [pytest.mark.slow]
 
 
 @pytest.fixture
