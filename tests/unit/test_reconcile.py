@@ -233,6 +233,18 @@ def test_tpu_pods_select_the_slice_and_run_one_process_per_node() -> None:
     assert "--nproc-per-node=1" in pod["spec"]["containers"][0]["command"]
 
 
+def test_node_pods_run_torchrun_under_the_supervisor_with_the_grace_period() -> None:
+    pod = children.node_pod(pretrain(), 0)
+    command = pod["spec"]["containers"][0]["command"]
+    assert command[:5] == ["python", "-m", "pretrain_trainer.node", "--grace-seconds=120", "--"]
+    assert command[5:] == children.torchrun_arguments(pretrain())
+    assert "--rdzv-endpoint=j-rdzv:29400" in command
+    assert pod["spec"]["terminationGracePeriodSeconds"] == 120
+    longer = children.node_pod(pretrain(template={"terminationGracePeriodSeconds": 600}), 0)
+    assert longer["spec"]["terminationGracePeriodSeconds"] == 600
+    assert "--grace-seconds=600" in longer["spec"]["containers"][0]["command"]
+
+
 def test_optional_children_gang_queue_and_budget() -> None:
     job = pretrain(scheduling={"gang": True, "queueName": "team-a", "disruptionBudget": True})
     kinds = [c["kind"] for c in children.static_children(job)]
