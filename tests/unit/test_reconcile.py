@@ -20,7 +20,13 @@ from pretrain_operator.api import (
 )
 from pretrain_operator.api.pretrain import FAMILY_OF_OBJECTIVE
 from pretrain_operator.children import Job
-from pretrain_operator.observe import BaseJobState, PodState, parse_metrics, pod_state
+from pretrain_operator.observe import (
+    BaseJobState,
+    PodState,
+    parse_metrics,
+    pod_state,
+    with_saved_checkpoints,
+)
 from pretrain_operator.reconcile import plan
 
 NOW = datetime.datetime(2026, 11, 27, 12, 0, tzinfo=datetime.UTC)
@@ -269,6 +275,26 @@ def test_pod_state_reads_exit_codes_and_scheduler_messages() -> None:
         }
     )  # fmt: skip
     assert (state.index, state.exit_code, state.message, state.failed) == (2, 78, "bad spec", True)
+
+
+def test_the_checkpoint_a_pod_saved_on_sigterm_reaches_the_status() -> None:
+    """The pod is gone with its endpoint; its termination message says which step it saved, and
+    the workers that took over report no checkpoint until they write one."""
+    stopped = parse_metrics("pretrain_train_step 37\npretrain_checkpoint_last_step 37\n"
+                            "pretrain_tokens_total 14208\npretrain_train_loss 5.25\n")  # fmt: skip
+    live = parse_metrics("pretrain_train_step 39\npretrain_train_loss 5.0\n")
+    merged = with_saved_checkpoints(live, [stopped])
+    assert merged is not None
+    assert (merged.step, merged.loss, merged.checkpoint_step) == (39, 5.0, 37)
+    assert with_saved_checkpoints(None, [stopped]) == stopped
+    newer = parse_metrics("pretrain_train_step 60\npretrain_checkpoint_last_step 50\n")
+    assert with_saved_checkpoints(newer, [stopped]) == newer
+    assert with_saved_checkpoints(live, [parse_metrics("")]) == live
+    storage = {"storage": {"persistentVolumeClaim": "ckpt", "path": "run"}}
+    result = plan(pretrain(checkpoint=storage), JobStatus(), 1, [node(0), node(1), rendezvous()],
+                  NOW, metrics=merged)  # fmt: skip
+    checkpoint = result.status.checkpoint
+    assert (checkpoint.step, checkpoint.uri) == (37, "pvc://ckpt/run/step-000000037")
 
 
 def test_parse_metrics_reads_the_gauges_and_drops_nan() -> None:
