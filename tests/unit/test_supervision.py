@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -97,6 +99,27 @@ def test_descendants_go_down_the_whole_tree() -> None:
     assert descendants(tree, 10) == [20, 30, 31, 40]
     assert descendants(tree, 20) == [30, 31, 40]
     assert descendants(tree, 40) == []
+
+
+ORPHAN = """
+import os, subprocess, time
+from pretrain_trainer import processes
+processes.become_subreaper()
+shell = subprocess.Popen(["sh", "-c", "sleep 0.5 & echo $!"], stdout=subprocess.PIPE, text=True)
+orphan = int(shell.stdout.readline())
+shell.wait()  # the sleep's parent is gone: the sleep is re-parented to us, as to PID 1 in a pod
+reaped, deadline = {}, time.monotonic() + 30
+while orphan not in reaped and time.monotonic() < deadline:
+    reaped.update(processes.reap())
+    time.sleep(0.05)
+print(reaped.get(orphan), processes.below(os.getpid()))
+"""
+
+
+def test_orphans_are_re_parented_to_the_supervisor_and_reaped() -> None:
+    done = subprocess.run([sys.executable, "-c", ORPHAN], capture_output=True, text=True,
+                          timeout=60, check=True)  # fmt: skip
+    assert done.stdout.split() == ["0", "[]"], done.stderr
 
 
 def test_a_worker_s_reason_is_one_line_written_whole(

@@ -194,8 +194,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         usage="%(prog)s [--grace-seconds N] -- TORCHRUN_ARGS", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
-    parser.add_argument("--grace-seconds", type=float, default=DEFAULT_GRACE_SECONDS,
-                        help="the pod's terminationGracePeriodSeconds")  # fmt: skip
+    parser.add_argument("--grace-seconds", type=float, default=DEFAULT_GRACE_SECONDS, metavar="N",
+                        help="the pod's terminationGracePeriodSeconds (%(default)s)")  # fmt: skip
     args = parser.parse_args(own)
     if not torchrun:
         parser.error("torchrun's arguments are missing (after --)")
