@@ -25,7 +25,7 @@ from pretrain_operator import launch
 from pretrain_operator.observe import parse_metrics
 from pretrain_trainer.checkpoint import latest
 from pretrain_trainer.supervision import stop_budget
-from trainer_runs import JOB, step_losses
+from trainer_runs import JOB, descendants, step_losses
 
 
 def free_port() -> int:
@@ -159,6 +159,30 @@ def test_sigterm_saves_the_current_step_reports_it_and_exits_143_within_the_grac
     # Both workers stopped once, at the same step; torchrun restarted neither.
     assert node.text().count("pretrain: stopped at step") == 2, node.text()
     assert node.text().count(f"pretrain: stopped at step {step} on SIGTERM") == 2
+    assert node.left_behind() == []
+
+
+def test_what_does_not_stop_in_time_is_killed_within_the_grace(
+    pvc_root: Path, tmp_path: Path, nodes: list[Node]
+) -> None:
+    """Workers and torchrun that cannot react (stopped: a hung collective, a wedged save) are
+    killed at the end of the save budget plus half the margin, before the kubelet would."""
+    config = job_config(tmp_path, training={"maxSteps": 100000})
+    grace = 10
+    node = Node(tmp_path, pvc_root, config, grace=grace)
+    nodes.append(node)
+    node.wait_for(lambda: node.steps() >= 1, "a step")
+    frozen = descendants(node.process.pid)  # torchrun and its worker
+    assert len(frozen) >= 2
+    for pid in frozen:
+        os.kill(pid, signal.SIGSTOP)
+    signalled = time.monotonic()
+    node.process.send_signal(signal.SIGTERM)
+    assert node.exit_code(grace) == 143
+    seconds = time.monotonic() - signalled
+    print(f"SIGTERM -> all killed: {seconds:.1f} s (grace {grace} s)")
+    assert stop_budget(grace).save_seconds <= seconds < grace
+    assert "the 8 s to save are over: killing" in node.text()
     assert node.left_behind() == []
 
 
