@@ -49,6 +49,9 @@ class Node:
 
     def __init__(self, tmp_path: Path, pvc_root: Path, config: Path, *, grace: int = 60,
                  processes: int = 1, endpoint: str | None = None) -> None:  # fmt: skip
+        # A store of our own at a local address: torchrun must not start one there itself (it
+        # hosts the store when the endpoint is on its machine and nothing listens there yet).
+        options = ["--rdzv-conf=is_host=false"] if endpoint else []
         self.output = tmp_path / "output"
         self.log = tmp_path / "node.log"
         self.termination_log = tmp_path / "termination-log"
@@ -57,7 +60,7 @@ class Node:
             rendezvous_endpoint=endpoint or f"127.0.0.1:{free_port()}",  # torchrun hosts it
             rendezvous_id="node", config=str(config), output=str(self.output),
         )  # fmt: skip
-        command = launch.node_command(grace, torchrun)
+        command = launch.node_command(grace, options + torchrun)
         command[0] = sys.executable  # `python` of this environment
         environment = {**os.environ, **launch.ENVIRONMENT, "PRETRAIN_PVC_ROOT": str(pvc_root),
                        "PRETRAIN_TERMINATION_LOG": str(self.termination_log),
