@@ -96,6 +96,8 @@ INVALID: list[tuple[str, dict[str, Any], dict[str, Any], str]] = [
     ("keep no checkpoint", PRETRAIN, {"spec.checkpoint": {"keep": 0}}, "spec.checkpoint.keep"),
     ("negative restarts", PRETRAIN, {"spec.failurePolicy": {"maxRestarts": -1}}, "spec.failurePolicy.maxRestarts"),
     ("bad pull policy", PRETRAIN, {"spec.template": {"imagePullPolicy": "Sometimes"}}, "spec.template.imagePullPolicy"),
+    ("grace too short to save", PRETRAIN, {"spec.template": {"terminationGracePeriodSeconds": 5}}, "spec.template.terminationGracePeriodSeconds"),
+    ("grace above an hour", FINETUNE, {"spec.template": {"terminationGracePeriodSeconds": 7200}}, "spec.template.terminationGracePeriodSeconds"),
     ("unknown field", PRETRAIN, {"spec.objective.maskProbabilty": 0.2}, "spec.objective.maskProbabilty"),
     ("name too long", PRETRAIN, {"metadata.name": "a" * 41}, "metadata.name"),
     ("name starts with a digit", PRETRAIN, {"metadata.name": "7b-model"}, "metadata.name"),

@@ -76,24 +76,30 @@ def test_a_killed_node_pod_a_killed_rendezvous_and_a_lost_node(
 
     survive(run, "node pod killed", CHECKPOINT_EVERY + 1, lambda: kill_pod(run, "tiny-node-1"))
     # The running group does not use the store between rendezvous rounds, so steps go on; the
-    # agents lose it at their next keep-alive and every node pod is replaced.
+    # agents lose it at their next keep-alive and shut their workers down (they save first), and
+    # each pod's supervisor runs torchrun again, which waits for the recreated store: the workers
+    # resume in the same pods, none is replaced.
     run.wait_step(2 * CHECKPOINT_EVERY + 1)
     before, fault = run.status().get("restarts", 0), run.mark()
     kill_pod(run, "tiny-rdzv")
     first = run.seconds_to_next_step(fault)
     wait_until(
-        lambda: run.status().get("restarts", 0) > before or run.status()["phase"] == "Succeeded",
-        "the agents to lose the store",
+        lambda: (
+            any("restart" in r for r in run.records[fault[1] :])
+            or run.status()["phase"] == "Succeeded"
+        ),
+        "the workers to resume after the store was lost",
         timeout=180,
     )
     if run.status()["phase"] != "Succeeded":
         run.seconds_to_next_step(run.mark())
         print(
             f"rendezvous pod killed: {first:.1f}s to the next step, "
-            f"{time.monotonic() - fault[0]:.1f}s to the first step after the pods it took down"
+            f"{time.monotonic() - fault[0]:.1f}s to the first step after torchrun's rerun"
         )
     else:
-        print(f"rendezvous pod killed: {first:.1f}s to the next step; it took no pod down")
+        print(f"rendezvous pod killed: {first:.1f}s to the next step; training had finished")
+    assert run.status().get("restarts", 0) == before  # losing the store took no pod down
 
     step = max(r["step"] for r in run.records if "loss" in r)
     busiest = max(nodes, key=lambda n: sum(p["spec"]["nodeName"] == n for p in run.pods()))

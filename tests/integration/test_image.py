@@ -81,6 +81,7 @@ def test_the_trainer_image_runs_torchrun_and_the_trainer(
     assert config["User"] == "1000:1000"
     probe = (
         "torchrun --help >/dev/null && pretrain --help >/dev/null"
+        " && python -m pretrain_trainer.node --help >/dev/null"
         " && python -c 'import torch, pretrain_trainer, pretrain_operator.api;"
         " print(torch.__version__)'"
     )

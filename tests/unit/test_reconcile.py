@@ -21,7 +21,13 @@ from pretrain_operator.api import (
 from pretrain_operator.api.pretrain import FAMILY_OF_OBJECTIVE
 from pretrain_operator.api.status import Backoff
 from pretrain_operator.children import Job
-from pretrain_operator.observe import BaseJobState, PodState, parse_metrics, pod_state
+from pretrain_operator.observe import (
+    BaseJobState,
+    PodState,
+    parse_metrics,
+    pod_state,
+    with_saved_checkpoints,
+)
 from pretrain_operator.reconcile import backoff_delay, plan
 
 NOW = datetime.datetime(2026, 11, 27, 12, 0, tzinfo=datetime.UTC)
@@ -261,6 +267,18 @@ def test_tpu_pods_select_the_slice_and_run_one_process_per_node() -> None:
     assert "--nproc-per-node=1" in pod["spec"]["containers"][0]["command"]
 
 
+def test_node_pods_run_torchrun_under_the_supervisor_with_the_grace_period() -> None:
+    pod = children.node_pod(pretrain(), 0)
+    command = pod["spec"]["containers"][0]["command"]
+    assert command[:5] == ["python", "-m", "pretrain_trainer.node", "--grace-seconds=120", "--"]
+    assert command[5:] == children.torchrun_arguments(pretrain())
+    assert "--rdzv-endpoint=j-rdzv:29400" in command
+    assert pod["spec"]["terminationGracePeriodSeconds"] == 120
+    longer = children.node_pod(pretrain(template={"terminationGracePeriodSeconds": 600}), 0)
+    assert longer["spec"]["terminationGracePeriodSeconds"] == 600
+    assert "--grace-seconds=600" in longer["spec"]["containers"][0]["command"]
+
+
 def test_optional_children_gang_queue_and_budget() -> None:
     job = pretrain(scheduling={"gang": True, "queueName": "team-a", "disruptionBudget": True})
     kinds = [c["kind"] for c in children.static_children(job)]
@@ -286,6 +304,26 @@ def test_pod_state_reads_exit_codes_and_scheduler_messages() -> None:
         }
     )  # fmt: skip
     assert (state.index, state.exit_code, state.message, state.failed) == (2, 78, "bad spec", True)
+
+
+def test_the_checkpoint_a_pod_saved_on_sigterm_reaches_the_status() -> None:
+    """The pod is gone with its endpoint; its termination message says which step it saved, and
+    the workers that took over report no checkpoint until they write one."""
+    stopped = parse_metrics("pretrain_train_step 37\npretrain_checkpoint_last_step 37\n"
+                            "pretrain_tokens_total 14208\npretrain_train_loss 5.25\n")  # fmt: skip
+    live = parse_metrics("pretrain_train_step 39\npretrain_train_loss 5.0\n")
+    merged = with_saved_checkpoints(live, [stopped])
+    assert merged is not None
+    assert (merged.step, merged.loss, merged.checkpoint_step) == (39, 5.0, 37)
+    assert with_saved_checkpoints(None, [stopped]) == stopped
+    newer = parse_metrics("pretrain_train_step 60\npretrain_checkpoint_last_step 50\n")
+    assert with_saved_checkpoints(newer, [stopped]) == newer
+    assert with_saved_checkpoints(live, [parse_metrics("")]) == live
+    storage = {"storage": {"persistentVolumeClaim": "ckpt", "path": "run"}}
+    result = plan(pretrain(checkpoint=storage), JobStatus(), 1, [node(0), node(1), rendezvous()],
+                  NOW, metrics=merged)  # fmt: skip
+    checkpoint = result.status.checkpoint
+    assert (checkpoint.step, checkpoint.uri) == (37, "pvc://ckpt/run/step-000000037")
 
 
 def test_parse_metrics_reads_the_gauges_and_drops_nan() -> None:

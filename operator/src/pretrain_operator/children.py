@@ -3,8 +3,8 @@
 For job J: ConfigMap J-config (the spec as JSON), headless Service J (pod DNS), the rendezvous pod
 and Service J-rdzv (the c10d store lives outside the workers, so losing any worker, worker 0
 included, never takes the rendezvous down), and pods J-node-0 .. J-node-(max-1) running torchrun
-with --nnodes=MIN:MAX. Optional: PodDisruptionBudgets (node pods, rendezvous pod), PodGroup
-(gang), Kueue labels.
+with --nnodes=MIN:MAX under the node supervisor (`pretrain_trainer.node`, PID 1). Optional:
+PodDisruptionBudgets (node pods, rendezvous pod), PodGroup (gang), Kueue labels.
 """
 
 from __future__ import annotations
@@ -38,7 +38,6 @@ KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 KUEUE_POD_GROUP_LABEL = "kueue.x-k8s.io/pod-group-name"
 KUEUE_POD_GROUP_COUNT = "kueue.x-k8s.io/pod-group-total-count"
 POD_GROUP_LABEL = "scheduling.x-k8s.io/pod-group"
-TERMINATION_GRACE_SECONDS = 120  # the trainer checkpoints on SIGTERM
 TERMINATION_MESSAGE_PATH = "/dev/termination-log"  # the trainer's final values, for the status
 
 
@@ -186,9 +185,9 @@ def processes_per_node(job: Job) -> int:
     return 1
 
 
-def torchrun_command(job: Job) -> list[str]:
+def torchrun_arguments(job: Job) -> list[str]:
     """The elastic launch every node pod runs (the same launch `pretrain run --nproc` uses)."""
-    return launch.torchrun_command(
+    return launch.torchrun_arguments(
         min_nodes=job.spec.replicas.min,
         max_nodes=job.spec.replicas.max,
         processes_per_node=processes_per_node(job),
@@ -196,6 +195,13 @@ def torchrun_command(job: Job) -> list[str]:
         rendezvous_id=job.uid,
         config=f"{naming.CONFIG_MOUNT}/{naming.CONFIG_FILE}",
     )
+
+
+def node_command(job: Job) -> list[str]:
+    """torchrun under the node supervisor (PID 1), which knows the pod's grace period: the
+    workers save on SIGTERM within it."""
+    grace = job.spec.template.termination_grace_period_seconds
+    return launch.node_command(grace, torchrun_arguments(job))
 
 
 def _resources(job: Job) -> dict[str, Any]:
@@ -312,7 +318,7 @@ def node_pod(job: Job, index: int) -> Manifest:
                                                                   "readOnly": True}})  # fmt: skip
 
     container = _container_base(job)
-    container["command"] = torchrun_command(job)
+    container["command"] = node_command(job)
     container["env"] = env + list(template.env)
     container["ports"] = [{"name": "metrics", "containerPort": naming.METRICS_PORT}]
     container["volumeMounts"] = mounts + list(template.volume_mounts)
@@ -322,7 +328,7 @@ def node_pod(job: Job, index: int) -> Manifest:
     spec = pod["spec"]
     spec["hostname"] = name
     spec["subdomain"] = naming.service_name(job.name)
-    spec["terminationGracePeriodSeconds"] = TERMINATION_GRACE_SECONDS
+    spec["terminationGracePeriodSeconds"] = template.termination_grace_period_seconds
     spec["containers"] = [container]
     spec["volumes"] = volumes + list(template.volumes)
     node_selector = dict(template.node_selector)

@@ -26,6 +26,7 @@ from pretrain_operator.observe import (
     base_job_state,
     parse_metrics,
     pod_state,
+    with_saved_checkpoints,
 )
 from pretrain_operator.reconcile import FAILED, Event, plan, resolve_base, set_condition
 
@@ -233,20 +234,22 @@ class Controller:
     async def _metrics(self, pods: list[PodState]) -> TrainerMetrics | None:
         """A finished worker's final values (its termination message: a last scrape may be a
         checkpoint behind), else the first ready node pod's endpoint (step and loss are global,
-        any rank reports them)."""
-        finished = [p for p in pods if p.role == naming.ROLE_NODE and p.exit_code == 0]
-        reports = [parse_metrics(p.message) for p in finished if p.message]
+        any rank reports them), with the checkpoint that pods stopped by SIGTERM saved (their
+        termination messages say which step)."""
+        nodes = [p for p in pods if p.role == naming.ROLE_NODE and p.message]
+        reports = [parse_metrics(p.message) for p in nodes if p.exit_code == 0]
         final = next((r for r in reports if r.step is not None), None)
         if final is not None:
             return final
+        stopped = [parse_metrics(p.message) for p in nodes
+                   if p.exit_code == naming.EXIT_TERMINATED]  # fmt: skip
         ready = sorted(
             (p for p in pods if p.role == naming.ROLE_NODE and p.ready and p.ip),
             key=lambda p: p.index or 0,
         )
-        if not ready:
-            return None
-        text = await kube.scrape_metrics(self.api, ready[0].ip)
-        return parse_metrics(text) if text is not None else None
+        text = await kube.scrape_metrics(self.api, ready[0].ip) if ready else None
+        live = parse_metrics(text) if text is not None else None
+        return with_saved_checkpoints(live, stopped)
 
     async def _invalid_spec(
         self,

@@ -1,10 +1,12 @@
 """The one launch definition of the trainer under torch elastic, used by the node pods the
 operator creates and by `pretrain run --nproc N` on one machine: the same torchrun, the same
-entry point, only the rendezvous differs."""
+entry point, only the rendezvous differs (and a node pod runs torchrun under the node
+supervisor, `pretrain_trainer.node`)."""
 
 from __future__ import annotations
 
 TRAINER_MODULE = "pretrain_trainer"
+NODE_MODULE = "pretrain_trainer.node"  # the node supervisor, PID 1 of a node pod
 MAX_LOCAL_RESTARTS = 3  # torchrun restarts its workers this often before the pod fails
 # What torchrun's environment needs. By default the agent of rank 0 lends its workers a store
 # that lives on across rendezvous rounds, with no prefix per round: after a node is lost, the
@@ -21,6 +23,28 @@ def trainer_arguments(config: str, output: str | None = None) -> list[str]:
     return arguments
 
 
+def torchrun_arguments(
+    *,
+    min_nodes: int,
+    max_nodes: int,
+    processes_per_node: int,
+    rendezvous_endpoint: str,
+    rendezvous_id: str,
+    config: str,
+    output: str | None = None,
+) -> list[str]:
+    """torchrun's arguments: the elastic launch, then the worker's entry point."""
+    return [
+        f"--nnodes={min_nodes}:{max_nodes}",
+        f"--nproc-per-node={processes_per_node}",
+        "--rdzv-backend=c10d",
+        f"--rdzv-endpoint={rendezvous_endpoint}",
+        f"--rdzv-id={rendezvous_id}",
+        f"--max-restarts={MAX_LOCAL_RESTARTS}",
+        *trainer_arguments(config, output),
+    ]
+
+
 def torchrun_command(
     *,
     min_nodes: int,
@@ -31,13 +55,16 @@ def torchrun_command(
     config: str,
     output: str | None = None,
 ) -> list[str]:
-    return [
-        "torchrun",
-        f"--nnodes={min_nodes}:{max_nodes}",
-        f"--nproc-per-node={processes_per_node}",
-        "--rdzv-backend=c10d",
-        f"--rdzv-endpoint={rendezvous_endpoint}",
-        f"--rdzv-id={rendezvous_id}",
-        f"--max-restarts={MAX_LOCAL_RESTARTS}",
-        *trainer_arguments(config, output),
-    ]
+    """Plain torchrun, as `pretrain run --nproc N` runs it on one machine."""
+    return ["torchrun", *torchrun_arguments(
+        min_nodes=min_nodes, max_nodes=max_nodes, processes_per_node=processes_per_node,
+        rendezvous_endpoint=rendezvous_endpoint, rendezvous_id=rendezvous_id, config=config,
+        output=output,
+    )]  # fmt: skip
+
+
+def node_command(grace_seconds: int, torchrun: list[str]) -> list[str]:
+    """What a node pod runs: torchrun under the node supervisor, PID 1 of the pod (it fails the
+    pod at once on a configuration error, and gives the workers the pod's grace period, less a
+    margin, to save on SIGTERM)."""
+    return ["python", "-m", NODE_MODULE, f"--grace-seconds={grace_seconds}", "--", *torchrun]

@@ -22,6 +22,7 @@ TRAINER_CONTAINER = "trainer"
 
 # Exit codes of the trainer that the operator acts on (sysexits.h EX_CONFIG for bad input).
 EXIT_BAD_CONFIGURATION = 78
+EXIT_TERMINATED = 143  # 128 + SIGTERM: stopped on request after saving a checkpoint
 
 
 def replica_bounds(min_nodes: int, max_nodes: int) -> str:

@@ -4,7 +4,7 @@ and the trainer's metrics. Pure functions over the objects the API server return
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pretrain_operator import naming
@@ -209,3 +209,21 @@ def parse_metrics(text: str) -> TrainerMetrics:
             continue
         values[attribute] = int(value) if attribute in INTEGER_FIELDS else value
     return TrainerMetrics(**values, evaluation=evaluation)
+
+
+def with_saved_checkpoints(
+    live: TrainerMetrics | None, stopped: list[TrainerMetrics]
+) -> TrainerMetrics | None:
+    """The live metrics, with the newest checkpoint that stopped pods reported in their
+    termination messages (a pod that saved on SIGTERM has no endpoint left to scrape, and the
+    workers that take over report no checkpoint until they write one). Without live metrics, the
+    stopped pods' report itself: the progress at the stop."""
+    saved = [report for report in stopped if report.checkpoint_step is not None]
+    if not saved:
+        return live
+    newest = max(saved, key=lambda report: report.checkpoint_step or 0)
+    if live is None:
+        return newest
+    if (live.checkpoint_step or 0) >= (newest.checkpoint_step or 0):
+        return live
+    return replace(live, checkpoint_step=newest.checkpoint_step)

@@ -27,6 +27,7 @@ from pydantic import ValidationError
 
 from pretrain_operator import launch
 from pretrain_operator.api import FinetuneJob, PretrainJob
+from pretrain_trainer import termination
 from pretrain_trainer.errors import (
     EXIT_BAD_CONFIGURATION,
     EXIT_RETRYABLE,
@@ -73,6 +74,7 @@ def _exit_code(action: Callable[[], None]) -> int:
         action()
     except (ConfigurationError, DataError, FileNotFoundError) as error:
         print(f"pretrain: {error}", file=sys.stderr)
+        termination.record_configuration_error(str(error))  # for the node supervisor
         return EXIT_BAD_CONFIGURATION
     except StopRequestedError as error:
         print(f"pretrain: {error}", file=sys.stderr)
@@ -90,7 +92,7 @@ def _exit_code(action: Callable[[], None]) -> int:
 
 def train_worker(config: Path, output: Path | None, metrics_port: int | None) -> None:
     from pretrain_trainer import distributed, metrics
-    from pretrain_trainer.train import run
+    from pretrain_trainer.train import StopRequestedError, run
 
     job = load_job(config)
     stop = {"requested": False}
@@ -108,20 +110,27 @@ def train_worker(config: Path, output: Path | None, metrics_port: int | None) ->
             name = str(job.metadata.get("name", "job"))
             served = metrics.create(str(job.metadata.get("namespace", "")), name, job.kind)
             metrics.serve(served, metrics_port)
-        if isinstance(job, FinetuneJob):
-            from pretrain_trainer.finetune.loop import prepare, run_finetune
+        try:
+            if isinstance(job, FinetuneJob):
+                from pretrain_trainer.finetune.loop import prepare, run_finetune
 
-            prepared = prepare(job.spec, _recorded_base(config))
-            tuned = run_finetune(job.spec, root, prepared, runtime=runtime,
-                                 checkpoints=checkpoints, metrics=served,
-                                 stop_requested=lambda: stop["requested"])  # fmt: skip
-            report = final_report(tuned.steps, evaluation=tuned.last_evaluation)
-        else:
-            summary = run(job.spec, root, runtime=runtime, checkpoints=checkpoints,
-                          metrics=served, stop_requested=lambda: stop["requested"])  # fmt: skip
-            report = final_report(summary.steps, summary.tokens, summary.last_loss)
-        if runtime.local_rank == 0 and os.environ.get("PRETRAIN_TERMINATION_LOG"):
-            Path(os.environ["PRETRAIN_TERMINATION_LOG"]).write_text(report)
+                prepared = prepare(job.spec, _recorded_base(config))
+                tuned = run_finetune(job.spec, root, prepared, runtime=runtime,
+                                     checkpoints=checkpoints, metrics=served,
+                                     stop_requested=lambda: stop["requested"])  # fmt: skip
+                report = final_report(tuned.steps, evaluation=tuned.last_evaluation)
+            else:
+                summary = run(job.spec, root, runtime=runtime, checkpoints=checkpoints,
+                              metrics=served, stop_requested=lambda: stop["requested"])  # fmt: skip
+                report = final_report(summary.steps, summary.tokens, summary.last_loss)
+        except StopRequestedError as stopped:
+            # The pod is going: its message is how the operator learns the step just saved.
+            if runtime.local_rank == 0:
+                termination.write_message(final_report(stopped.step, stopped.tokens,
+                                                       stopped.loss))  # fmt: skip
+            raise
+        if runtime.local_rank == 0:
+            termination.write_message(report)
     finally:
         distributed.stop()
 
@@ -133,7 +142,8 @@ def final_report(
     evaluation: dict[str, float] | None = None,
 ) -> str:
     """The pod's termination message: the final values in Prometheus text format, which the
-    operator reads as it reads the metrics endpoint (that endpoint is gone once pods exit)."""
+    operator reads as it reads the metrics endpoint (that endpoint is gone once pods exit).
+    Written at the end of training and on SIGTERM, both right after a checkpoint of `steps`."""
     lines = [
         f"pretrain_train_step {steps}",
         f"pretrain_checkpoint_last_step {steps}",

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from pretrain_operator.naming import EXIT_BAD_CONFIGURATION
+from pretrain_operator.naming import EXIT_BAD_CONFIGURATION, EXIT_TERMINATED
 
 EXIT_SUCCESS = 0
 EXIT_RETRYABLE = 1  # anything else: I/O, a lost peer, out of memory... worth another try
-EXIT_TERMINATED = 143  # 128 + SIGTERM: stopped on request after saving a checkpoint
 
 
 class ConfigurationError(ValueError):

@@ -178,7 +178,12 @@ def evaluate(
 
 
 class StopRequestedError(Exception):
-    """SIGTERM arrived (eviction, preemption): a checkpoint was saved, the process should exit."""
+    """SIGTERM arrived (eviction, preemption): a checkpoint of `step` was saved, the process
+    should exit (and say which step it saved: its pod is about to go)."""
+
+    def __init__(self, step: int, tokens: int | None = None, loss: float | None = None) -> None:
+        super().__init__(f"stopped at step {step} on SIGTERM; checkpoint saved")
+        self.step, self.tokens, self.loss = step, tokens, loss
 
 
 class LossModule(nn.Module):
@@ -359,7 +364,7 @@ def run(
                     metrics.checkpoint_seconds.labels(**metrics.labels).observe(
                         time.perf_counter() - saved_at)  # fmt: skip
             if stopping:
-                raise StopRequestedError(f"stopped at step {step} on SIGTERM; checkpoint saved")
+                raise StopRequestedError(step, tokens, step_loss)
         writer.close()
     finally:
         if sink:

@@ -289,6 +289,14 @@ class PodTemplate(ApiModel):
     )
     labels: dict[str, str] = Field(default_factory=dict, description="Extra pod labels.")
     annotations: dict[str, str] = Field(default_factory=dict, description="Extra pod annotations.")
+    termination_grace_period_seconds: int = Field(
+        120,
+        ge=10,
+        le=3600,
+        description="Seconds a node pod has from SIGTERM (deletion, eviction, preemption) to "
+        "SIGKILL: its workers finish the step and save a checkpoint in them, less a margin of a "
+        "tenth (2 to 15 s) for stopping. At least 10, at most 3600.",
+    )
 
 
 class Scheduling(ApiModel):

@@ -318,7 +318,7 @@ def run_finetune(
                 if metrics is not None:
                     metrics.checkpoint_step.labels(**labels_of).set(step)
             if stopping:
-                raise StopRequestedError(f"stopped at step {step} on SIGTERM; checkpoint saved")
+                raise StopRequestedError(step, loss=step_loss)
     finally:
         if sink:
             sink.close()
