@@ -130,10 +130,10 @@ class RealNode:
         )
         paths.config.write_text(config(paths, pause_image_name(binaries)))
         network.add_address(node_ip(slot))
-        state.containerd_pid = processes.launch(
-            ["tini", "-s", "-g", "--", "containerd", "--config", str(paths.config)],
-            layout.log("containerd"), self.directory,
-        )  # fmt: skip
+        processes.launch(["tini", "-s", "-g", "--", "containerd", "--config", str(paths.config)],
+                         layout.log("containerd"), self.directory)  # fmt: skip
+        # containerd itself, not its tini, is what must live (and what holds the store's lock).
+        state.containerd_pid = processes.named(str(paths.config), "containerd")
         self._save(state)
         SLOTS.hand_to(slot, state.containerd_pid, f"node {self.name}")
         image_stores().hand_to(store, state.containerd_pid, f"node {self.name}")

@@ -40,17 +40,24 @@ def stop(pid: int, marker: str, grace: float, sig: signal.Signals = signal.SIGTE
     """Signal the process (its whole group), wait up to `grace`, then SIGKILL it."""
     if not alive(pid, marker):
         return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, sig)
+    _signal(pid, sig)
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline:
         reap(pid)
         if not alive(pid, marker):
             return
         time.sleep(0.1)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGKILL)
+    _signal(pid, signal.SIGKILL)
     reap(pid)
+
+
+def _signal(pid: int, sig: signal.Signals) -> None:
+    """Its process group where it leads one (what it started goes too), else the process."""
+    with contextlib.suppress(ProcessLookupError):
+        if os.getpgid(pid) == pid:
+            os.killpg(pid, sig)
+        else:
+            os.kill(pid, sig)
 
 
 def mentioning(marker: str) -> list[int]:
@@ -60,6 +67,20 @@ def mentioning(marker: str) -> list[int]:
         if entry.name.isdigit() and alive(int(entry.name), marker):
             found.append(int(entry.name))
     return found
+
+
+def named(marker: str, comm: str, timeout: float = 10.0) -> int:
+    """The pid of the process called `comm` whose command line mentions `marker` (containerd
+    under its tini), waiting for it to appear."""
+    deadline = time.monotonic() + timeout
+    while True:
+        for pid in mentioning(marker):
+            with contextlib.suppress(OSError):
+                if Path(f"/proc/{pid}/comm").read_text().strip() == comm:
+                    return pid
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no {comm} process mentioning {marker} appeared")
+        time.sleep(0.05)
 
 
 def unmount_under(*directories: Path) -> None:
