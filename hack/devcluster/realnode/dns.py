@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from devcluster import tools
+from devcluster.controlplane import free_port
 from devcluster.realnode import network, processes
 from devcluster.realnode.addresses import SLOTS, node_ip
 from devcluster.realnode.kubeletconfig import CLUSTER_DOMAIN
@@ -32,12 +32,6 @@ def corefile(address: str, kubeconfig: Path, health_port: int, ready_port: int) 
     }}
 }}
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -72,9 +66,9 @@ class ClusterDns:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.slot = SLOTS.take(f"cluster DNS ({self.directory})")
         network.add_address(self.address)
-        ready_port = _free_port()
+        ready_port = free_port()
         config = self.directory / "Corefile"
-        config.write_text(corefile(self.address, kubeconfig, _free_port(), ready_port))
+        config.write_text(corefile(self.address, kubeconfig, free_port(), ready_port))
         log = self.directory / "coredns.log"
         self.pid = processes.launch([str(binaries.coredns), "-conf", str(config)], log,
                                     self.directory)  # fmt: skip

@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import secrets
 import shutil
-import socket
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from devcluster import tools
+from devcluster.controlplane import free_port
 from devcluster.nodes import NODE_POOL_LABEL, node_ready
 from devcluster.pki import Pki
 from devcluster.realnode import images
@@ -32,12 +32,6 @@ class Image:
 
     name: str
     storage_driver: str = "overlay"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -78,7 +72,7 @@ class RealNodePool:
                 if not images.present(paths, image.name, source_id):
                     images.import_archive(paths, self._archive(image), image.name, source_id)
             pki = Pki(self.cluster_dir / "pki")
-            ports = (_free_port(), _free_port())  # the kubelet's API and its healthz
+            ports = (free_port(), free_port())  # the kubelet's API and its healthz
             real.start_kubelet(state, binaries, self._server(), pki, dns,
                                {NODE_POOL_LABEL: self.name}, ports)  # fmt: skip
             wait_until(lambda: self._ready(node), f"node {node} Ready", timeout=90)
