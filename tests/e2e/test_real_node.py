@@ -160,6 +160,8 @@ def test_a_failing_container_restarts_under_on_failure_and_logs_of_the_previous_
     status = wait_until(third_run, "the third run, after two failures", timeout=120)
     assert status.last_state.terminated.exit_code == 1
     # The kubelet keeps the last dead container while the pod lives: `--previous` reads it.
-    logs = lambda *flags: cluster.kubectl("logs", "-n", namespace, "flaky", *flags).stdout  # noqa: E731
+    def logs(*flags: str) -> str:
+        return cluster.kubectl("logs", "-n", namespace, "flaky", *flags).stdout
+
     wait_until(lambda: logs() == "run 2\n", "the third run's log line", timeout=10)
     assert logs("--previous") == "run 1\n"
