@@ -159,6 +159,7 @@ def test_a_failing_container_restarts_under_on_failure_and_logs_of_the_previous_
     # The kubelet backs off 10 s, then 20 s, between restarts of a crashing container.
     status = wait_until(third_run, "the third run, after two failures", timeout=120)
     assert status.last_state.terminated.exit_code == 1
+
     # The kubelet keeps the last dead container while the pod lives: `--previous` reads it.
     def logs(*flags: str) -> str:
         return cluster.kubectl("logs", "-n", namespace, "flaky", *flags).stdout
