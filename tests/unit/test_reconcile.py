@@ -745,3 +745,32 @@ def test_pods_with_the_current_bounds_or_unknown_bounds_are_left_alone() -> None
     pods = [sized(0, "2:4"), sized(1, "2:4"), node(2), sized(3, "2:4"), rendezvous()]
     result = plan(job, running(), 1, pods, NOW)
     assert (result.delete_pods, result.create, result.events) == ([], [], [])
+
+
+@pytest.mark.parametrize("base_claim", ["checkpoints", "other"])
+def test_a_base_on_the_jobs_own_checkpoint_claim_leaves_its_checkpoints_writable(
+    base_claim: str,
+) -> None:
+    # On a kubelet, two volumes of one claim are one mount: a read-only base volume of the claim
+    # the job checkpoints to made /checkpoints read-only (Errno 30 in a real pod).
+    spec = FinetuneJobSpec.model_validate({
+        "base": {"pretrainJob": "base"},
+        "task": {"type": "SequenceClassification", "numLabels": 2},
+        "data": {"train": {"uri": "file:///train.jsonl"}},
+        "training": {"maxSteps": 10, "globalBatchSize": 8, "microBatchSize": 8},
+        "checkpoint": {"storage": {"persistentVolumeClaim": "checkpoints"}},
+    })  # fmt: skip
+    job = Job(FINETUNE_JOB, "f", "ns", "uid", spec, "img", "/base/base/step-000000024",
+              base_claim)  # fmt: skip
+    pod = children.node_pod(job, 0)
+    [container] = pod["spec"]["containers"]
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    claims = {v["name"]: v["persistentVolumeClaim"] for v in pod["spec"]["volumes"]
+              if "persistentVolumeClaim" in v}  # fmt: skip
+    assert not mounts[naming.CHECKPOINT_MOUNT].get("readOnly")
+    assert not claims[mounts[naming.CHECKPOINT_MOUNT]["name"]].get("readOnly")
+    assert mounts[naming.BASE_MOUNT]["readOnly"] is True
+    base_volume = mounts[naming.BASE_MOUNT]["name"]
+    assert claims[base_volume]["claimName"] == base_claim
+    # One volume per claim: never the checkpoint claim twice.
+    assert sorted(c["claimName"] for c in claims.values()) == sorted({"checkpoints", base_claim})

@@ -224,6 +224,11 @@ def _checkpoint_volume(job: Job) -> dict[str, Any]:
     return {"name": "checkpoints", "emptyDir": {}}
 
 
+def _checkpoint_claim(job: Job) -> str:
+    storage = job.spec.checkpoint.storage
+    return storage.persistent_volume_claim if storage and storage.persistent_volume_claim else ""
+
+
 def _checkpoint_location(job: Job) -> str:
     storage = job.spec.checkpoint.storage
     if storage and storage.uri:
@@ -312,7 +317,12 @@ def node_pod(job: Job, index: int) -> Manifest:
     claim_mounts, claim_volumes = _data_volumes(job)
     mounts += claim_mounts
     volumes += claim_volumes
-    if job.base_claim:
+    if job.base_claim and job.base_claim == _checkpoint_claim(job):
+        # The base lives on this job's own checkpoint claim: mount that volume a second time,
+        # read-only. A second volume of the same claim would be the same mount on a kubelet,
+        # and its readOnly would make the job's checkpoints read-only too.
+        mounts.append({"name": "checkpoints", "mountPath": naming.BASE_MOUNT, "readOnly": True})
+    elif job.base_claim:
         mounts.append({"name": "base", "mountPath": naming.BASE_MOUNT, "readOnly": True})
         volumes.append({"name": "base", "persistentVolumeClaim": {"claimName": job.base_claim,
                                                                   "readOnly": True}})  # fmt: skip
