@@ -246,14 +246,14 @@ class LocalCluster:
                 if not _owned_alive(pid, self.directory):
                     raise ControlPlaneError(
                         f"{component} exited during start-up; see {self.logs / component}.log:\n"
-                        + _tail(self.logs / f"{component}.log")
+                        + log_tail(self.logs / f"{component}.log")
                     )
             if ready():
                 return
             time.sleep(0.25)
         raise ControlPlaneError(
             f"{name} was not ready in time; see {self.logs / name}.log:\n"
-            + _tail(self.logs / f"{name}.log")
+            + log_tail(self.logs / f"{name}.log")
         )
 
     def _etcd_healthy(self, state: State) -> bool:
@@ -336,7 +336,8 @@ def _reap(pid: int) -> None:
         os.waitpid(pid, os.WNOHANG)
 
 
-def _tail(path: Path, lines: int = 15) -> str:
+def log_tail(path: Path, lines: int = 15) -> str:
+    """The last lines of a component's log, for an error that names it."""
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except FileNotFoundError:

@@ -19,6 +19,7 @@ from pathlib import Path
 import yaml
 
 from devcluster import tools
+from devcluster.controlplane import log_tail
 from devcluster.pki import Pki, client_certificate
 from devcluster.realnode import cgroups, images, network, processes
 from devcluster.realnode.addresses import SLOTS, node_ip
@@ -71,24 +72,17 @@ class NodeLayout:
         return self.directory / f"{component}.log"
 
 
-def _tail(path: Path, lines: int = 20) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except FileNotFoundError:
-        return "(no log)"
-
-
 def _wait(
     ready: Callable[[], bool], what: str, log: Path, pid: int, marker: str, timeout: float
 ) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not processes.alive(pid, marker):
-            raise NodeError(f"{what} exited during start-up; see {log}:\n{_tail(log)}")
+            raise NodeError(f"{what} exited during start-up; see {log}:\n{log_tail(log)}")
         if ready():
             return
         time.sleep(0.2)
-    raise NodeError(f"{what} was not ready in {timeout:.0f}s; see {log}:\n{_tail(log)}")
+    raise NodeError(f"{what} was not ready in {timeout:.0f}s; see {log}:\n{log_tail(log)}")
 
 
 class RealNode:
