@@ -255,3 +255,30 @@ def test_a_lost_rendezvous_store_costs_a_torchrun_rerun_not_the_pod(
     assert sorted(step_losses(node.output)) == list(range(1, 41))
     lines = (node.output / "metrics.jsonl").read_text().splitlines()
     assert any('"restart"' in line for line in lines)
+
+
+def test_a_torchrun_that_fails_closes_its_rendezvous_for_good(
+    pvc_root: Path, tmp_path: Path, nodes: list[Node]
+) -> None:
+    """Why a node pod's failure restarts the whole gang and the rendezvous pod
+    (reconcile._restart_gang): a torchrun whose workers keep failing closes the rendezvous as it
+    exits, so a pod started again in it could never train."""
+    port, store_log = store_port(), tmp_path / "store.log"
+    store = start_store(port, store_log)
+    try:
+        failing, again = tmp_path / "failing", tmp_path / "again"
+        failing.mkdir()
+        again.mkdir()
+        first = Node(failing, pvc_root, job_config(failing), endpoint=f"127.0.0.1:{port}")
+        nodes.append(first)
+        (first.output / "metrics.jsonl").mkdir(parents=True)  # every worker fails: exit 1
+        assert first.exit_code() == 1, first.text()[-3000:]
+        assert first.text().count("pretrain: IsADirectoryError") == launch.MAX_LOCAL_RESTARTS + 1
+        second = Node(again, pvc_root, job_config(again), endpoint=f"127.0.0.1:{port}")
+        nodes.append(second)
+        assert second.exit_code() == 1, second.text()[-3000:]
+    finally:
+        store.kill()
+        store.wait()
+    assert "RendezvousClosedError" in second.text()
+    assert second.steps() == 0

@@ -110,19 +110,30 @@ def test_pending_carries_the_scheduler_reason() -> None:
     assert message in running.message
 
 
-def test_a_failed_pod_is_replaced_and_counted_once() -> None:
+def test_a_failed_pod_restarts_every_node_pod_and_the_rendezvous_as_one_restart() -> None:
+    """torchrun that fails closes its rendezvous for good: the others cannot go on in it, and a
+    replacement pod alone would fail with RendezvousClosedError forever."""
     status = JobStatus(phase=Phase.RUNNING, pod_uids={str(i): f"pod-{i}" for i in range(4)})
     failed = node(1, "Failed", False, exit_code=1, reason="Error")
     result = plan(pretrain(), status, 1, [node(0), failed, node(2), node(3), rendezvous()], NOW)
-    assert result.delete_pods == ["j-node-1"]
+    assert result.delete_pods == ["j-node-0", "j-node-1", "j-node-2", "j-node-3", "j-rdzv"]
+    assert result.create == []
     assert result.status.restarts == 1
-    assert result.status.pod_uids["1"] == ""
-    assert [e.reason for e in result.events] == ["PodFailed"]
-    # The next view: the failed pod is gone. It is recreated after its backoff, not counted again.
-    later = NOW + datetime.timedelta(seconds=10)
-    again = plan(pretrain(), result.status, 1, [node(0), node(2), node(3), rendezvous()], later)
+    assert result.status.phase == Phase.RESTARTING
+    assert result.status.pod_uids == {str(i): "" for i in range(4)}
+    assert [e.reason for e in result.events] == ["PodFailed", "Restarting"]
+    assert "restarting all 4 node pods and the rendezvous in 10s" in result.events[0].message
+    # The others fail too before they are gone (RendezvousClosedError): the same restart.
+    leaving = [node(i, "Failed", False, deleting=True, exit_code=1) for i in (0, 2, 3)]
+    going = plan(pretrain(), result.status, 1, [*leaving, rendezvous(deleting=True)], seconds(11))
+    assert (going.status.restarts, going.create, going.events) == (1, [], [])
+    # Nothing new starts while the closed store is still there, even after the backoff.
+    store_left = plan(pretrain(), going.status, 1, [rendezvous(deleting=True)], seconds(12))
+    assert store_left.create == []
+    # All gone: a fresh store first, then the gang, not counted again.
+    again = plan(pretrain(), store_left.status, 1, [], seconds(13))
     assert again.status.restarts == 1
-    assert created_names(again) == ["j-node-1"]
+    assert created_names(again) == ["j-rdzv", "j-node-0", "j-node-1", "j-node-2", "j-node-3"]
 
 
 def test_a_vanished_pod_counts_as_a_restart() -> None:
@@ -481,15 +492,14 @@ def test_the_backoff_doubles_per_consecutive_failure_up_to_five_minutes() -> Non
 def test_a_failed_pod_is_recreated_only_once_its_delay_has_passed() -> None:
     failed = node(1, "Failed", False, exit_code=1, reason="Error")
     result = plan(pretrain(), running(), 1, [node(0), failed, node(2), node(3), rendezvous()], NOW)
-    assert result.events[0].message.endswith("recreating it in 10s (restart 1)")
+    assert result.events[0].message.endswith("in 10s, from the last checkpoint (restart 1)")
     assert result.requeue_after == 10  # the controller comes back when the delay ends
-    others = [node(0), node(2), node(3), rendezvous()]
-    waiting = plan(pretrain(), result.status, 1, others, seconds(4))
-    assert created_names(waiting) == []
+    waiting = plan(pretrain(), result.status, 1, [], seconds(4))  # the old pods are gone
+    assert created_names(waiting) == ["j-rdzv"]  # the fresh store need not wait
     assert waiting.requeue_after == 6
-    assert waiting.status.phase == Phase.RUNNING  # three of four nodes train on meanwhile
-    due = plan(pretrain(), waiting.status, 1, others, seconds(10))
-    assert created_names(due) == ["j-node-1"]
+    assert waiting.status.phase == Phase.RESTARTING
+    due = plan(pretrain(), waiting.status, 1, [rendezvous()], seconds(10))
+    assert created_names(due) == [f"j-node-{i}" for i in range(4)]
     assert due.requeue_after is None
     assert due.status.restarts == 1
 
@@ -525,7 +535,8 @@ def test_consecutive_failures_wait_ever_longer_until_healthy_training_resets_the
     at = NOW
     for _ in range(7):
         status, message, waited = fail_and_recover(status, at)
-        assert message.endswith(f"recreating it in {int(waited)}s (restart {len(delays) + 1})")
+        assert message.endswith(f"in {int(waited)}s, from the last checkpoint "
+                                f"(restart {len(delays) + 1})")  # fmt: skip
         delays.append(int(waited))
         at += datetime.timedelta(seconds=waited + 60)  # each pod trains a minute, then fails
     assert delays == [10, 20, 40, 80, 160, 300, 300]
@@ -540,19 +551,19 @@ def test_consecutive_failures_wait_ever_longer_until_healthy_training_resets_the
         minutes=10)).status  # fmt: skip
     assert calm.backoff is None
     _, message, waited = fail_and_recover(calm, at + datetime.timedelta(minutes=11))
-    assert (waited, message.endswith("in 10s (restart 8)")) == (10, True)
+    assert (waited, message.endswith("in 10s, from the last checkpoint (restart 8)")) == (10, True)
 
 
-def test_pods_failing_together_wait_for_one_delay_not_a_doubled_one() -> None:
+def test_pods_failing_together_are_one_restart_with_one_delay() -> None:
     failed = {i: node(i, "Failed", False, exit_code=1, reason="Error") for i in range(4)}
     first = plan(pretrain(), running(), 1, [failed[0], node(1), node(2), node(3), rendezvous()],
                  NOW)  # fmt: skip
-    # The other ranks crash a second later (one NCCL error takes the whole group down).
-    rest = plan(pretrain(), first.status, 1, [failed[1], failed[2], failed[3], rendezvous()],
-                seconds(1))  # fmt: skip
-    assert [e.message.split("; ")[-1] for e in rest.events if e.reason == "PodFailed"] == [
-        f"recreating it in 9s (restart {n})" for n in (2, 3, 4)
-    ]
+    # The other ranks crash a second later (one NCCL error takes the whole group down), on
+    # their way out.
+    others = [node(i, "Failed", False, deleting=True, exit_code=1) for i in (1, 2, 3)]
+    rest = plan(pretrain(), first.status, 1, [*others, rendezvous(deleting=True)], seconds(1))
+    assert [e.reason for e in rest.events] == []
+    assert rest.status.restarts == 1
     assert rest.status.backoff is not None
     assert rest.status.backoff.failures == 1
     due = plan(pretrain(), rest.status, 1, [rendezvous()], seconds(10))
@@ -564,12 +575,13 @@ def test_the_backoff_lives_in_status_so_a_restarted_operator_keeps_it() -> None:
     result = plan(pretrain(), running(), 1, [node(0), failed, node(2), node(3), rendezvous()], NOW)
     written = result.status.wire()
     assert written["backoff"] == {
-        "failures": 1, "delaySeconds": 10, "recreateAfter": "2026-11-27T12:00:10Z", "indexes": [1]
+        "failures": 1, "delaySeconds": 10, "recreateAfter": "2026-11-27T12:00:10Z",
+        "indexes": [0, 1, 2, 3],
     }  # fmt: skip
     read_back = JobStatus.model_validate(written)
-    others = [node(0), node(2), node(3), rendezvous()]
-    assert created_names(plan(pretrain(), read_back, 1, others, seconds(9))) == []
-    assert created_names(plan(pretrain(), read_back, 1, others, seconds(10))) == ["j-node-1"]
+    store = [rendezvous()]
+    assert created_names(plan(pretrain(), read_back, 1, store, seconds(9))) == []
+    assert len(plan(pretrain(), read_back, 1, store, seconds(10)).create) == 4
 
 
 def test_the_first_creation_and_a_resume_from_suspend_wait_for_nothing() -> None:

@@ -334,6 +334,7 @@ def plan(
         status.backoff.indexes = [i for i in status.backoff.indexes if i < replicas.max]
 
     restarted = False
+    failed: list[PodState] = []
     for index, pod in sorted(node_pods.items()):
         key = str(index)
         if index in outdated:  # being replaced for the resize (or removed, if index >= max)
@@ -348,31 +349,30 @@ def plan(
             continue
         if pod.deleting:  # going away: a loss only if it was ours (its uid is recorded)
             continue
-        if not pod.failed:
+        if pod.failed:
+            failed.append(pod)
+        else:
             status.pod_uids.setdefault(key, pod.uid)  # adopt pods created before a crash
-            continue
-        if pod.exit_code == naming.EXIT_BAD_CONFIGURATION:
+    if failed:
+        bad = next((p for p in failed if p.exit_code == naming.EXIT_BAD_CONFIGURATION), None)
+        if bad is not None:
             _finish(result, Phase.FAILED, "InvalidConfiguration",
-                    f"pod {pod.name} exited with code {pod.exit_code} (bad configuration): "
-                    f"{pod.message or pod.reason}", generation, now)  # fmt: skip
+                    f"pod {bad.name} exited with code {bad.exit_code} (bad configuration): "
+                    f"{bad.message or bad.reason}", generation, now)  # fmt: skip
             result.delete_pods = [p.name for p in pods if p.active]
             return result
         restarted = True
-        status.restarts += 1
-        status.pod_uids[key] = ""
-        result.delete_pods.append(pod.name)
-        why = f"pod {pod.name} failed with exit code {pod.exit_code} ({pod.reason or 'Error'})"
-        if status.restarts > job.spec.failure_policy.max_restarts:
+        if not _restart_gang(result, job, failed, node_pods, rendezvous, now):
             _finish(result, Phase.FAILED, "RestartLimitExceeded",
-                    f"{why}; {status.restarts} restarts exceed failurePolicy.maxRestarts "
-                    f"{job.spec.failure_policy.max_restarts}", generation, now)  # fmt: skip
+                    f"{_failure(failed)}; {status.restarts} restarts exceed "
+                    f"failurePolicy.maxRestarts {job.spec.failure_policy.max_restarts}",
+                    generation, now)  # fmt: skip
             result.delete_pods = [p.name for p in pods if p.active]
             return result
-        delay = _delay_recreation(status, index, now)
-        result.events.append(Event("Warning", "PodFailed", f"{why}; recreating it in {delay}s "
-                                   f"(restart {status.restarts})"))  # fmt: skip
 
     last_states = {p.uid: p for p in gone if p.role == naming.ROLE_NODE}
+    leaving = restarted or any(p.deleting for p in node_pods.values()) or bool(
+        rendezvous and rendezvous.deleting)  # fmt: skip
     for index in range(replicas.max):
         key = str(index)
         if index in node_pods:
@@ -388,9 +388,10 @@ def plan(
                 f"pod {name} disappeared (deleted, evicted or its node was lost); "
                 f"recreating it (restart {status.restarts})"))  # fmt: skip
             status.pod_uids[key] = ""
-        # A resize starts the new pods once every old one is gone: agents with other bounds
-        # must not meet in one rendezvous, and the old ones are still saving their checkpoint.
-        if outdated or _held_back(status, index, now):
+        # New pods start once every old one is gone: after a resize, agents with other bounds
+        # must not meet in one rendezvous; after a restart, the old rendezvous is closed; and
+        # the old pods are still saving the checkpoint the new ones resume from.
+        if outdated or leaving or _held_back(status, index, now):
             continue
         result.create.append(children.node_pod(job, index))
         _released(status, index)
@@ -404,11 +405,12 @@ def plan(
 
     if rendezvous is None:
         result.create.insert(0, children.rendezvous_pod(job))
-    elif rendezvous.phase in {"Failed", "Succeeded"} and not rendezvous.deleting:
+    elif (rendezvous.phase in {"Failed", "Succeeded"} and not rendezvous.deleting
+          and rendezvous.name not in result.delete_pods):  # fmt: skip
         result.delete_pods.append(rendezvous.name)  # recreated once gone
 
-    leaving = set(result.delete_pods)  # deleted by this plan (a resize): not training on
-    active = [p for p in active if p.name not in leaving]
+    deleted = set(result.delete_pods)  # by this plan (a resize, a restart): not training on
+    active = [p for p in active if p.name not in deleted]
     ready = sum(1 for p in active if p.ready and p.phase == "Running")
     scheduled = [p for p in active if p.node]
     unschedulable = next((p.unschedulable for p in active if p.unschedulable), "")
@@ -442,6 +444,49 @@ def plan(
     _forget_backoff_after_healthy_training(status, now)
     _summarise(status, node_pods, replicas.max, job)
     return result
+
+
+def _failure(failed: Sequence[PodState]) -> str:
+    first, *others = failed
+    why = f"pod {first.name} failed with exit code {first.exit_code} ({first.reason or 'Error'})"
+    return why + (f" (and {', '.join(p.name for p in others)})" if others else "")
+
+
+def _restart_gang(
+    plan: Plan,
+    job: Job,
+    failed: Sequence[PodState],
+    node_pods: dict[int, PodState],
+    rendezvous: PodState | None,
+    now: datetime.datetime,
+) -> bool:
+    """Node pods failed: restart every node pod and the rendezvous, once the backoff is over, as
+    one restart of the job (False: the restart budget is spent).
+
+    Not only the failed pod: torchrun that exits on its workers' failure closes the rendezvous
+    for good (torch/distributed/launcher/api.py shuts the handler down on every exit but a
+    signal), so the other nodes fail at their next round and a replacement could never join.
+    A fresh store and a fresh gang resume together from the last checkpoint, which torch elastic
+    would make every worker do anyway."""
+    status = plan.status
+    status.restarts += 1
+    if status.restarts > job.spec.failure_policy.max_restarts:
+        return False
+    replicas = job.spec.replicas.max
+    delay = max(_delay_recreation(status, index, now) for index in range(replicas))
+    for index, pod in node_pods.items():
+        if index >= replicas or pod.name in plan.delete_pods:  # scaled down, resized: going
+            continue
+        status.pod_uids[str(index)] = ""  # deleted on purpose: their absence is no loss
+        if not pod.deleting:  # failed ones too: with restartPolicy Never, nobody else will
+            plan.delete_pods.append(pod.name)
+    if rendezvous is not None and not rendezvous.deleting:
+        plan.delete_pods.append(rendezvous.name)
+    gang = "the node pod" if replicas == 1 else f"all {replicas} node pods"
+    plan.events.append(Event("Warning", "PodFailed",
+        f"{_failure(failed)}; restarting {gang} and the rendezvous in {delay}s, from the last "
+        f"checkpoint (restart {status.restarts})"))  # fmt: skip
+    return True
 
 
 def _disrupted(plan: Plan, pod: PodState, key: str) -> None:
