@@ -419,7 +419,7 @@ def test_a_crash_looping_pod_is_recreated_after_ever_longer_delays(
     assert status["backoff"]["failures"] == 2  # the next failure would wait 40 s
     events = jobs.events("crashy")
     for restart, delay in enumerate((10, 20), start=1):
-        expected = f"recreating it in {delay}s (restart {restart})"
+        expected = f"in {delay}s, from the last checkpoint (restart {restart})"
         assert any(e.startswith("PodFailed: pod crashy-node-0") and expected in e
                    for e in events), (expected, events)  # fmt: skip
 
