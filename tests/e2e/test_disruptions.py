@@ -1,11 +1,13 @@
 """What real pods do to a job, on real kubelet nodes: a bad configuration found at run time ends
 it at once, naming the field; a deleted node pod leaves a checkpoint at the step it was on; an
-eviction is a disruption, not a failure; a resize restarts the pods with the new bounds. Every
+eviction is a disruption, not a failure; a resize restarts the pods with the new bounds; a pod
+that keeps failing restarts the job after ever longer delays. Every
 step is trained once, with the loss of the fault-free `pretrain run`."""
 
 from __future__ import annotations
 
 import datetime
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -67,6 +69,48 @@ def test_a_data_file_missing_at_run_time_fails_the_job_at_once_naming_the_field(
     assert "spec.data.sources[0].uri" in condition["message"], condition["message"]
     terminated = pod["status"]["containerStatuses"][0]["state"]["terminated"]
     assert terminated["exitCode"] == 78
+
+
+def events(cluster: ClusterSession, namespace: str, name: str, reason: str) -> list[str]:
+    body = cluster.kubectl(
+        "get",
+        "events",
+        "-n",
+        namespace,
+        "-o",
+        "json",
+        "--field-selector",
+        f"involvedObject.name={name},reason={reason}",
+    )
+    items = sorted(
+        json.loads(body.stdout)["items"],
+        key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "",
+    )
+    return [str(e["message"]) for e in items]  # fmt: skip
+
+
+def test_a_pod_that_keeps_failing_restarts_the_job_after_ever_longer_delays(
+    cluster: ClusterSession, namespace: str, real_nodes: RealNodePool, checkpoints: Path
+) -> None:
+    """A memory limit the workers cannot start in: the kernel kills them (a generic failure, not
+    a configuration error), torchrun gives up, and each restart of the job waits longer."""
+    real_nodes.add()
+    manifest = job_manifest("oom", real_nodes.selector, replicas={"min": 1, "max": 1},
+                            resources={"memory": "256Mi"},
+                            failurePolicy={"maxRestarts": 2})  # fmt: skip
+    run = apply(cluster, namespace, manifest, checkpoints)
+    failed = wait_until(lambda: run.status().get("phase") == "Failed" and run.status(),
+                        "the job Failed", timeout=400)  # fmt: skip
+    assert failed["restarts"] == 3
+    [condition] = [c for c in failed["conditions"] if c["type"] == "Failed"]
+    assert condition["reason"] == "RestartLimitExceeded"
+    assert "oom-node-0 failed with exit code 137 (OOMKilled)" in condition["message"]
+    delays = [m.split("; ")[-1] for m in events(cluster, namespace, "oom", "PodFailed")]
+    assert delays == [
+        f"restarting the node pod and the rendezvous in {d}s, from the last checkpoint "
+        f"(restart {n})"
+        for n, d in ((1, 10), (2, 20))
+    ], delays
 
 
 def test_a_deleted_node_pod_leaves_a_checkpoint_at_its_step_and_the_job_resumes_from_it(
