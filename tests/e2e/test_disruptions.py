@@ -1,8 +1,8 @@
 """What real pods do to a job, on real kubelet nodes: a bad configuration found at run time ends
 it at once, naming the field; a deleted node pod leaves a checkpoint at the step it was on; an
 eviction is a disruption, not a failure; a resize restarts the pods with the new bounds; a pod
-that keeps failing restarts the job after ever longer delays. Every
-step is trained once, with the loss of the fault-free `pretrain run`."""
+that keeps failing restarts the job after ever longer delays. Every step is trained once, with
+the loss of the fault-free `pretrain run`."""
 
 from __future__ import annotations
 
