@@ -136,6 +136,15 @@ def test_a_failed_pod_restarts_every_node_pod_and_the_rendezvous_as_one_restart(
     assert created_names(again) == ["j-rdzv", "j-node-0", "j-node-1", "j-node-2", "j-node-3"]
 
 
+def test_a_pod_stuck_terminating_does_not_hold_a_lost_one_back() -> None:
+    """Pods on an unreachable node may stay Terminating for long: a lost pod elsewhere is still
+    recreated at once (only a closed store, after a restart, holds new pods back)."""
+    status = JobStatus(phase=Phase.RUNNING, pod_uids={str(i): f"pod-{i}" for i in range(4)})
+    stuck = node(1, deleting=True, ready=False)
+    result = plan(pretrain(), status, 1, [node(0), stuck, node(3), rendezvous()], NOW)
+    assert created_names(result) == ["j-node-2"]
+
+
 def test_a_vanished_pod_counts_as_a_restart() -> None:
     status = JobStatus(phase=Phase.RUNNING, pod_uids={str(i): f"pod-{i}" for i in range(4)})
     result = plan(pretrain(), status, 1, [node(0), node(1), node(3), rendezvous()], NOW)

@@ -371,8 +371,9 @@ def plan(
             return result
 
     last_states = {p.uid: p for p in gone if p.role == naming.ROLE_NODE}
-    leaving = restarted or any(p.deleting for p in node_pods.values()) or bool(
-        rendezvous and rendezvous.deleting)  # fmt: skip
+    # After a restart the old store is closed: no pod may meet the others there (a pod stuck
+    # terminating elsewhere, on an unreachable node, does not hold the others back).
+    closed_store = restarted or bool(rendezvous and rendezvous.deleting)
     for index in range(replicas.max):
         key = str(index)
         if index in node_pods:
@@ -388,10 +389,9 @@ def plan(
                 f"pod {name} disappeared (deleted, evicted or its node was lost); "
                 f"recreating it (restart {status.restarts})"))  # fmt: skip
             status.pod_uids[key] = ""
-        # New pods start once every old one is gone: after a resize, agents with other bounds
-        # must not meet in one rendezvous; after a restart, the old rendezvous is closed; and
-        # the old pods are still saving the checkpoint the new ones resume from.
-        if outdated or leaving or _held_back(status, index, now):
+        # A resize starts the new pods once every old one is gone: agents with other bounds
+        # must not meet in one rendezvous, and the old ones are still saving their checkpoint.
+        if outdated or closed_store or _held_back(status, index, now):
             continue
         result.create.append(children.node_pod(job, index))
         _released(status, index)
