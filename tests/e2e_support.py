@@ -123,6 +123,16 @@ class JobRun:
         )
         return time.monotonic() - started
 
+    def events(self, reason: str) -> list[str]:
+        """The messages of the job's Events with that reason, oldest first."""
+        body = self.cluster.kubectl(
+            "get", "events", "-n", self.namespace, "-o", "json", "--field-selector",
+            f"involvedObject.name={self.name},reason={reason}",
+        )  # fmt: skip
+        items = json.loads(body.stdout)["items"]
+        items.sort(key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
+        return [str(e["message"]) for e in items]
+
     def pods(self) -> list[dict[str, Any]]:
         selector = f"pretrain.dev/job-name={self.name}"
         body = self.cluster.kubectl(

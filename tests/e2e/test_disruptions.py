@@ -7,7 +7,6 @@ the loss of the fault-free `pretrain run`."""
 from __future__ import annotations
 
 import datetime
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -71,24 +70,6 @@ def test_a_data_file_missing_at_run_time_fails_the_job_at_once_naming_the_field(
     assert terminated["exitCode"] == 78
 
 
-def events(cluster: ClusterSession, namespace: str, name: str, reason: str) -> list[str]:
-    body = cluster.kubectl(
-        "get",
-        "events",
-        "-n",
-        namespace,
-        "-o",
-        "json",
-        "--field-selector",
-        f"involvedObject.name={name},reason={reason}",
-    )
-    items = sorted(
-        json.loads(body.stdout)["items"],
-        key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "",
-    )
-    return [str(e["message"]) for e in items]  # fmt: skip
-
-
 def test_a_pod_that_keeps_failing_restarts_the_job_after_ever_longer_delays(
     cluster: ClusterSession, namespace: str, real_nodes: RealNodePool, checkpoints: Path
 ) -> None:
@@ -105,7 +86,7 @@ def test_a_pod_that_keeps_failing_restarts_the_job_after_ever_longer_delays(
     [condition] = [c for c in failed["conditions"] if c["type"] == "Failed"]
     assert condition["reason"] == "RestartLimitExceeded"
     assert "oom-node-0 failed with exit code 137 (OOMKilled)" in condition["message"]
-    delays = [m.split("; ")[-1] for m in events(cluster, namespace, "oom", "PodFailed")]
+    delays = [m.split("; ")[-1] for m in run.events("PodFailed")]
     assert delays == [
         f"restarting the node pod and the rendezvous in {d}s, from the last checkpoint "
         f"(restart {n})"
