@@ -57,3 +57,12 @@ def build(target: str) -> str:
     )  # fmt: skip
     assert built.returncode == 0, built.stderr[-5000:]
     return image_name(target)
+
+
+if __name__ == "__main__":  # `make test`: the image built before pytest, while Go compiles
+    import sys
+
+    try:
+        print(f"built {build(sys.argv[1])}")
+    except pytest.skip.Exception as skipped:
+        print(f"not built ({skipped.msg}); the tests that need it say so")

@@ -1,5 +1,5 @@
-"""The pure parts of the real nodes: their configuration files, the sandbox image archive, and
-the machine-wide claims of addresses and image stores."""
+"""The pure parts of the real nodes: their configuration files, the sandbox image archive, the
+machine-wide claims of addresses and image stores, and copying a store."""
 
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ import tarfile
 import tomllib
 from pathlib import Path
 
-from devcluster.realnode import addresses, containerd, images, kubeletconfig, network
+import pytest
+
+from devcluster.realnode import addresses, containerd, images, kubeletconfig, network, stores
 from devcluster.realnode.claims import Claims
 
 
@@ -102,3 +104,44 @@ def test_a_claim_is_free_again_once_its_holder_died(tmp_path: Path) -> None:
     claims.give_back(first + 1)
     assert claims.take("test") == first + 1
     assert os.getpid() == int((tmp_path / f"slot-{first}").read_text().split()[0])
+
+
+def test_a_number_held_by_a_live_process_cannot_be_taken_by_number(tmp_path: Path) -> None:
+    claims = Claims(tmp_path, "store", range(3))
+    assert claims.take_number(2, "test")
+    assert not claims.take_number(2, "test")  # this process holds it now
+    claims.give_back(2)
+    assert claims.take_number(2, "test")
+    assert claims.take("test") == 0  # taking by number leaves the others free
+
+
+def test_a_store_copy_links_the_layers_and_copies_the_databases(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PRETRAIN_CACHE", str(tmp_path))
+    source, target = stores.root(0), stores.root(1)
+    layer = source / "io.containerd.snapshotter.v1.overlayfs" / "snapshots" / "1" / "fs"
+    layer.mkdir(parents=True)
+    (layer / "torch.so").write_bytes(b"layer")
+    (layer / "inside-an-image.db").write_bytes(b"a file of the image")
+    meta = source / "io.containerd.metadata.v1.bolt" / "meta.db"
+    meta.parent.mkdir()
+    meta.write_bytes(b"images")
+    ingest = source / stores.INGEST / "partial"
+    ingest.mkdir(parents=True)
+    (ingest / "data").write_bytes(b"half a blob")
+    stores.record(source, "localhost/trainer:test", "abc")
+    target.mkdir(parents=True)
+    (target / "stale").write_text("an older store")
+    stores.copy(source, target)
+    copied_layer = target / layer.relative_to(source) / "torch.so"
+    assert copied_layer.stat().st_ino == (layer / "torch.so").stat().st_ino
+    copied_meta = target / meta.relative_to(source)
+    assert copied_meta.read_bytes() == b"images"
+    assert copied_meta.stat().st_ino != meta.stat().st_ino
+    copied_meta.write_bytes(b"the target's own images")
+    assert meta.read_bytes() == b"images"  # writing the copy's database leaves the source's
+    assert not (target / "stale").exists()
+    assert not (target / stores.INGEST / "partial").exists()
+    assert stores.recorded(target) == {"localhost/trainer:test abc"}
+    assert stores.lacking({"localhost/trainer:test abc"}, range(3), exclude=0) == [2]

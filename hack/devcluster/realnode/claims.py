@@ -42,20 +42,32 @@ class Claims:
     def _file(self, number: int) -> Path:
         return self.directory / f"{self.prefix}-{number}"
 
+    def _holder(self, number: int) -> int:
+        try:
+            return int(self._file(number).read_text().split()[0])
+        except (FileNotFoundError, ValueError, IndexError):
+            return 0
+
     def take(self, owner: str) -> int:
         """The lowest number no live process holds, now held by this process. `owner` is
         written beside the pid for whoever wonders what holds it."""
         with self._locked():
             for number in self.numbers:
-                try:
-                    pid = int(self._file(number).read_text().split()[0])
-                except (FileNotFoundError, ValueError, IndexError):
-                    pid = 0
+                pid = self._holder(number)
                 if pid and _alive(pid):
                     continue
                 self._file(number).write_text(f"{os.getpid()} {owner}\n")
                 return number
         raise ClaimError(f"all {len(self.numbers)} {self.prefix} numbers are held")
+
+    def take_number(self, number: int, owner: str) -> bool:
+        """Hold `number` if no live process (this one included) does; whether it is now held."""
+        with self._locked():
+            pid = self._holder(number)
+            if pid and _alive(pid):
+                return False
+            self._file(number).write_text(f"{os.getpid()} {owner}\n")
+            return True
 
     def hand_to(self, number: int, pid: int, owner: str) -> None:
         """Make `pid` (a long-lived process) the holder, so the number stays taken after the

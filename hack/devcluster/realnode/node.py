@@ -1,13 +1,12 @@
 """One real node: containerd (under tini, which reaps the shims it orphans) and a kubelet,
 started in the background from a directory that holds its state, and killed like a machine.
-
-The containerd root (images and unpacked layers) is one of a few stores kept in the project's
-cache and taken in turn, so the 6 GB trainer image is imported once per store, not once per run.
+The containerd root (images and unpacked layers) is one of the stores of stores.py.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -21,23 +20,14 @@ import yaml
 from devcluster import tools
 from devcluster.controlplane import log_tail
 from devcluster.pki import Pki, client_certificate
-from devcluster.realnode import cgroups, images, network, processes
+from devcluster.realnode import cgroups, images, network, processes, stores
 from devcluster.realnode.addresses import SLOTS, node_ip
-from devcluster.realnode.claims import Claims
 from devcluster.realnode.containerd import ContainerdPaths, config
 from devcluster.realnode.kubeletconfig import KubeletSettings, kubeconfig, kubelet_config
 
 
 class NodeError(RuntimeError):
     """A node's containerd or kubelet failed to start; the message names its log."""
-
-
-def image_stores() -> Claims:
-    return Claims(tools.cache_dir() / "containerd" / "claims", "store", range(8))
-
-
-def store_root(number: int) -> Path:
-    return tools.cache_dir() / "containerd" / f"store-{number}"
 
 
 @dataclass
@@ -93,7 +83,7 @@ class RealNode:
         self.directory = directory.resolve()
 
     def layout(self, state: NodeState) -> NodeLayout:
-        return NodeLayout(self.directory, store_root(state.store))
+        return NodeLayout(self.directory, stores.root(state.store))
 
     def load(self) -> NodeState | None:
         try:
@@ -111,7 +101,7 @@ class RealNode:
         into it before the kubelet starts."""
         self.directory.mkdir(parents=True, exist_ok=True)
         slot = SLOTS.take(f"node {self.name} ({self.directory})")
-        store = image_stores().take(f"node {self.name}")
+        store = stores.claims().take(f"node {self.name}")
         state = NodeState(self.name, slot, store)
         self._save(state)
         layout = self.layout(state)
@@ -124,23 +114,57 @@ class RealNode:
         )
         paths.config.write_text(config(paths, pause_image_name(binaries)))
         network.add_address(node_ip(slot))
+        self._start_containerd(state)
+        name = pause_image_name(binaries)
+        source = images.file_id(binaries.pause)
+        if not images.present(paths, name, source):
+            archive = self.directory / "pause.tar"
+            images.single_binary_archive(binaries.pause, name, archive)
+            self.import_image(state, archive, name, source)
+            archive.unlink()
+        return state
+
+    def _start_containerd(self, state: NodeState) -> None:
+        layout = self.layout(state)
+        paths = layout.containerd
         processes.launch(["tini", "-s", "-g", "--", "containerd", "--config", str(paths.config)],
                          layout.log("containerd"), self.directory)  # fmt: skip
         # containerd itself, not its tini, is what must live (and what holds the store's lock).
         state.containerd_pid = processes.named(str(paths.config), "containerd")
         self._save(state)
-        SLOTS.hand_to(slot, state.containerd_pid, f"node {self.name}")
-        image_stores().hand_to(store, state.containerd_pid, f"node {self.name}")
+        SLOTS.hand_to(state.slot, state.containerd_pid, f"node {self.name}")
+        stores.claims().hand_to(state.store, state.containerd_pid, f"node {self.name}")
         _wait(lambda: _answers(paths), "containerd", layout.log("containerd"),
               state.containerd_pid, str(paths.config), timeout=60)  # fmt: skip
-        archive = self.directory / "pause.tar"
-        name = pause_image_name(binaries)
-        source = images.file_id(binaries.pause)
-        if not images.present(paths, name, source):
-            images.single_binary_archive(binaries.pause, name, archive)
-            images.import_archive(paths, archive, name, source)
-            archive.unlink()
-        return state
+
+    def import_image(self, state: NodeState, archive: Path, name: str, source_id: str) -> None:
+        images.import_archive(self.layout(state).containerd, archive, name, source_id)
+        stores.record(self.layout(state).store_root, name, source_id)
+
+    def share_store(self, state: NodeState) -> list[int]:
+        """Copy this node's store (before its kubelet starts) to the free shared stores that
+        lack an image it has, with its containerd stopped for the copy; the stores copied to."""
+        source = self.layout(state).store_root
+        targets = stores.lacking(stores.recorded(source), stores.SHARED_STORES, state.store)
+        owner = f"a copy of store {state.store} for node {self.name}"
+        taken = [n for n in targets if stores.claims().take_number(n, owner)]
+        if not taken:
+            return []
+        config_file = str(self.layout(state).containerd.config)
+        # This process holds the node's address and store while its containerd is down.
+        SLOTS.hand_to(state.slot, os.getpid(), f"node {self.name}")
+        stores.claims().hand_to(state.store, os.getpid(), f"node {self.name}")
+        processes.stop(state.containerd_pid, config_file, grace=30)
+        for pid in processes.mentioning(config_file):  # its tini
+            processes.stop(pid, config_file, grace=10)
+        try:
+            for number in taken:
+                stores.copy(source, stores.root(number))
+        finally:
+            for number in taken:
+                stores.claims().give_back(number)
+            self._start_containerd(state)
+        return taken
 
     def start_kubelet(self, state: NodeState, binaries: tools.Binaries, server: str, pki: Pki,
                       dns: str, labels: dict[str, str],
@@ -199,7 +223,7 @@ class RealNode:
         processes.unmount_under(self.directory, layout.store_root)
         network.remove_address(node_ip(state.slot))
         SLOTS.give_back(state.slot)
-        image_stores().give_back(state.store)
+        stores.claims().give_back(state.store)
         layout.state_file.unlink(missing_ok=True)
 
     def running(self) -> bool:

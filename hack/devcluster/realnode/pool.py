@@ -7,7 +7,9 @@ from __future__ import annotations
 import contextlib
 import secrets
 import shutil
+import sys
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,10 +69,18 @@ class RealNodePool:
         try:
             state = real.start_runtime(binaries)
             paths = real.layout(state).containerd
+            imported = False
             for image in self.images:
                 source_id = images.buildah_image_id(image.name, image.storage_driver)
                 if not images.present(paths, image.name, source_id):
-                    images.import_archive(paths, self._archive(image), image.name, source_id)
+                    real.import_image(state, self._archive(image), image.name, source_id)
+                    imported = True
+            if imported:  # the next nodes' stores become copies of this one, not imports
+                started = time.monotonic()
+                copied = real.share_store(state)
+                if copied:
+                    print(f"image store {state.store} copied to {', '.join(map(str, copied))} "
+                          f"in {time.monotonic() - started:.0f} s", file=sys.stderr)  # fmt: skip
             pki = Pki(self.cluster_dir / "pki")
             ports = (free_port(), free_port())  # the kubelet's API and its healthz
             real.start_kubelet(state, binaries, self._server(), pki, dns,
