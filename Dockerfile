@@ -39,7 +39,7 @@ RUN --mount=type=secret,id=ca-certificates \
  && /opt/uv/bin/uv export --quiet --frozen --no-default-groups --no-emit-workspace \
       --package pretrain-operator --extra controller -o /lock/operator.txt \
  && /opt/uv/bin/uv export --quiet --frozen --no-default-groups --no-emit-workspace \
-      --package pretrain-trainer -o /lock/trainer.txt
+      --package pretrain-trainer --extra s3 --extra gcs -o /lock/trainer.txt
 
 FROM venv AS operator-build
 COPY --from=lock /lock/operator.txt /lock/operator.txt

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # uv export's selection of each image's share of the lock (as the Dockerfile's `lock` stage).
 IMAGE_PACKAGES = {
     "operator": ["--package", "pretrain-operator", "--extra", "controller"],
-    "trainer": ["--package", "pretrain-trainer"],
+    "trainer": ["--package", "pretrain-trainer", "--extra", "s3", "--extra", "gcs"],
 }
 
 
