@@ -94,6 +94,16 @@ cluster-up: deps ## the control plane, kwok and NODES (default 2) real kubelet n
 cluster-down: venv ## stop the local control plane and its real nodes
 	$(PY) -m devcluster --dir $(CLUSTER_DIR) down
 
+# ---- the local object store ----------------------------------------------------------------
+
+.PHONY: storage-up
+storage-up: venv ## a real S3 server (SeaweedFS) on loopback, in the background; writes .storage/env
+	$(PY) -m devcluster --storage-dir .storage storage-up
+
+.PHONY: storage-down
+storage-down: venv ## stop it (its data stays in .storage/)
+	$(PY) -m devcluster --storage-dir .storage storage-down
+
 # ---- benchmarks ---------------------------------------------------------------------------
 
 BENCH_ARGS ?=
@@ -126,5 +136,5 @@ run: venv ## run the operator from source against the current KUBECONFIG
 	$(PY) -m pretrain_operator $(RUN_ARGS)
 
 .PHONY: clean
-clean: cluster-down ## remove local state (the caches outside the repository stay)
-	rm -rf $(VENV) $(CLUSTER_DIR) .demo .mypy_cache .ruff_cache .pytest_cache
+clean: cluster-down storage-down ## remove local state (the caches outside the repository stay)
+	rm -rf $(VENV) $(CLUSTER_DIR) .demo .storage .mypy_cache .ruff_cache .pytest_cache

@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from devcluster.nodes import NodePool
+from devcluster.objectstore import ObjectStore, ObjectStoreState, environment
 from devcluster.realnode.pool import Image, RealNodePool
 from devcluster.session import ClusterSession, open_session
 from devcluster.system import POD_UID
@@ -102,6 +103,32 @@ def namespace(cluster: ClusterSession, request: pytest.FixtureRequest) -> Iterat
     )
     yield name
     core.delete_namespace(name)
+
+
+@pytest.fixture(scope="session")
+def object_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ObjectStoreState]:
+    """A real S3 server (SeaweedFS, `make storage-up`'s) on loopback for the session: its own
+    secret, which it enforces, and one bucket."""
+    store = ObjectStore(tmp_path_factory.mktemp("object-store"))
+    state = store.start()
+    yield state
+    store.stop()
+
+
+@pytest.fixture
+def s3_env(
+    object_store: ObjectStoreState, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[dict[str, str]]:
+    """The test server's standard AWS variables in this process's environment, which is where
+    the trainer's fsspec (s3fs) finds its endpoint and credentials."""
+    import s3fs
+
+    variables = environment(object_store)
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    s3fs.S3FileSystem.clear_instance_cache()  # none made with another test's variables
+    yield variables
+    s3fs.S3FileSystem.clear_instance_cache()
 
 
 @pytest.fixture

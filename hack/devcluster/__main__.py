@@ -1,7 +1,8 @@
-"""`python -m devcluster {install,up,down,status,add-node,real-node}`: the local development
-cluster.
+"""`python -m devcluster {install,up,down,status,add-node,real-node,storage-up,storage-down}`: the
+local development cluster and its S3-compatible object store.
 
-`make cluster-up` / `make cluster-down` call this with `--dir .cluster` (and `up --nodes N`).
+`make cluster-up` / `make cluster-down` call this with `--dir .cluster` (and `up --nodes N`);
+`make storage-up` / `make storage-down` with `--storage-dir .storage`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from kubernetes import client, config
 from devcluster import tools
 from devcluster.controlplane import ControlPlaneError, LocalCluster
 from devcluster.nodes import NodeShape, create_node
+from devcluster.objectstore import ObjectStore, ObjectStoreError, env_file
 from devcluster.realnode import images
 from devcluster.realnode.pool import Image, RealNodePool, stop_all
 
@@ -42,9 +44,31 @@ def _pool(cluster: LocalCluster) -> RealNodePool:
                         cluster.directory, (trainer,) if built else (), name=POOL)  # fmt: skip
 
 
+def _storage(command: str, directory: Path) -> int:
+    store = ObjectStore(directory)
+    env = directory / "env"
+    if command == "storage-down":
+        store.stop()
+        env.unlink(missing_ok=True)
+        print(f"object store stopped (its data stays in {directory})")
+        return 0
+    try:
+        state = store.start()
+    except ObjectStoreError as error:
+        print(f"devcluster: {error}", file=sys.stderr)
+        return 1
+    env.write_text(env_file(state))
+    env.chmod(0o600)  # it holds the secret
+    print(f"S3 at http://{state.address}:{state.port}, bucket {state.bucket}; "
+          f"set -a; . {env}; set +a")  # fmt: skip
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="devcluster", description=__doc__)
     parser.add_argument("--dir", default=".cluster", help="state directory (default: .cluster)")
+    parser.add_argument("--storage-dir", default=".storage",
+                        help="the object store's directory (default: .storage)")  # fmt: skip
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("install", help="build and cache every binary; print their directories")
     up = commands.add_parser("up", help="start the control plane in the background")
@@ -64,12 +88,18 @@ def main(argv: list[str] | None = None) -> int:
         "real-node", help="start a real kubelet node in the background (root)"
     )
     real_node.add_argument("name")
+    commands.add_parser(
+        "storage-up", help="start the S3 server in the background; write STORAGE_DIR/env"
+    )
+    commands.add_parser("storage-down", help="stop the S3 server (its data is kept)")
     args = parser.parse_args(argv)
 
     if args.command == "install":
         binaries = tools.ensure_all()
         print("\n".join(binaries.path_entries))
         return 0
+    if args.command in ("storage-up", "storage-down"):
+        return _storage(args.command, Path(args.storage_dir))
     cluster = _cluster(args.dir)
     if args.command == "up":
         try:

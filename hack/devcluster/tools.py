@@ -22,6 +22,9 @@ ETCD_VERSION = "v3.6.16"
 KWOK_VERSION = "v0.8.0"
 HELM_VERSION = "v3.22.0"
 COREDNS_VERSION = "v1.15.0"  # pinned in hack/coredns/go.mod; here for the cache key
+# SeaweedFS publishes no module versions the proxy lists; this pseudo-version is its main branch
+# of 2026-11-09 (pinned in hack/seaweedfs/go.mod; here for the cache key).
+SEAWEEDFS_VERSION = "v0.0.0-20261109003541-7506e5f91cd6"
 
 HACK_DIR = Path(__file__).resolve().parent.parent
 
@@ -84,7 +87,9 @@ HELM = Tool("helm", HELM_VERSION, ("helm",))
 # Real nodes: cluster DNS (a build with only the plugins it needs) and the pods' sandbox process.
 COREDNS = Tool("coredns", COREDNS_VERSION, ("coredns",), HACK_DIR / "coredns")
 PAUSE = Tool("pause", "v1", ("pause",), HACK_DIR / "pause")
-ALL_TOOLS = (KUBE, ETCD, KWOK, HELM, COREDNS, PAUSE)
+# The S3-compatible server of the object-storage tests and `make storage-up`.
+SEAWEEDFS = Tool("seaweedfs", SEAWEEDFS_VERSION, ("weed",), HACK_DIR / "seaweedfs")
+ALL_TOOLS = (KUBE, ETCD, KWOK, HELM, COREDNS, PAUSE, SEAWEEDFS)
 
 
 def _build_commands(tool: Tool, out: Path) -> list[list[str]]:
@@ -93,7 +98,7 @@ def _build_commands(tool: Tool, out: Path) -> list[list[str]]:
             ["go", "build", "-C", str(KUBE.source), "-trimpath",
              "-ldflags", _version_ldflags(KUBERNETES_VERSION), "-o", str(out / "kube"), "."],
         ]  # fmt: skip
-    if tool in (ETCD, COREDNS, PAUSE):
+    if tool in (ETCD, COREDNS, PAUSE, SEAWEEDFS):
         assert tool.source is not None
         return [["go", "build", "-C", str(tool.source), "-trimpath", "-ldflags", "-s -w",
                  "-o", str(out / tool.binaries[0]), "."]]  # fmt: skip

@@ -4,6 +4,7 @@ deterministic and resumable order, a disjoint validation split, clear errors."""
 from __future__ import annotations
 
 import json
+import secrets
 import subprocess
 import sys
 from collections import Counter
@@ -164,25 +165,45 @@ def test_bad_sources_are_named(tmp_path: Path) -> None:
         list(documents(missing, "spec.data.sources[2]"))
 
 
-def test_object_store_uris_go_through_fsspec(monkeypatch: pytest.MonkeyPatch) -> None:
-    """s3:// cannot be reached here: an in-memory filesystem stands in for the bucket (a mock of
-    the cloud only; the reading code is the real one)."""
-    from fsspec.implementations.memory import MemoryFileSystem
-    from fsspec.registry import _registry
+def test_an_s3_prefix_is_listed_and_its_objects_read_in_order(s3_env: dict[str, str]) -> None:
+    """Against the real S3 server of the tests (SeaweedFS), through s3fs as in the image."""
+    import s3fs
 
-    class Bucket(MemoryFileSystem):  # type: ignore[misc]
-        protocol = ("s3",)
+    bucket = s3_env["PRETRAIN_TEST_BUCKET"]
+    prefix = f"{bucket}/corpus-{secrets.token_hex(4)}"
+    s3 = s3fs.S3FileSystem()
+    s3.pipe(f"{prefix}/part-1.jsonl", b'{"text": "second part"}\n')
+    s3.pipe(f"{prefix}/part-0.jsonl", b'{"text": "from the bucket"}\n{"text": "and more"}\n')
+    s3.pipe(f"{prefix}/sub/part-2.jsonl", b'{"text": "a deeper shard"}\n')
+    source = Data.model_validate({"sources": [{"uri": f"s3://{prefix}/"}]}).sources[0]
+    assert list(documents(source, "spec.data.sources[0]")) == [
+        "from the bucket", "and more", "second part", "a deeper shard",
+    ]  # fmt: skip
 
-        @classmethod
-        def _strip_protocol(cls, path: str) -> str:
-            return str(MemoryFileSystem._strip_protocol(path.replace("s3://", "memory://", 1)))
 
-    monkeypatch.setitem(_registry, "s3", Bucket)
-    bucket = Bucket()
-    bucket.pipe("/bucket/corpus/part-0.jsonl", b'{"text": "from the bucket"}\n')
-    bucket.pipe("/bucket/corpus/part-1.jsonl", b'{"text": "second part"}\n')
-    source = Data.model_validate({"sources": [{"uri": "s3://bucket/corpus/"}]}).sources[0]
-    assert list(documents(source, "spec.data.sources[0]")) == ["from the bucket", "second part"]
+def test_s3_sources_that_cannot_be_read_are_named(
+    s3_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import s3fs
+
+    bucket = s3_env["PRETRAIN_TEST_BUCKET"]
+    missing = Data.model_validate({"sources": [{"uri": f"s3://{bucket}/no-such-prefix/"}]})
+    with pytest.raises(
+        DataError, match=r"spec.data.sources\[0\].uri: s3://.*/no-such-prefix/ does"
+    ):
+        list(documents(missing.sources[0], "spec.data.sources[0]"))
+    no_bucket = Data.model_validate({"sources": [{"uri": "s3://no-such-bucket-here/corpus/"}]})
+    with pytest.raises(DataError, match=r"spec.data.sources\[0\].uri: s3://no-such-bucket-here/"):
+        list(documents(no_bucket.sources[0], "spec.data.sources[0]"))
+    s3fs.S3FileSystem().pipe(f"{bucket}/refused/part-0.jsonl", b'{"text": "secret"}\n')
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+    s3fs.S3FileSystem.clear_instance_cache()
+    refused = Data.model_validate({"sources": [{"uri": f"s3://{bucket}/refused/"}]})
+    with pytest.raises(
+        DataError, match=r"spec.data.sources\[1\].uri: s3://.*/refused/: .*refused"
+    ) as error:
+        list(documents(refused.sources[0], "spec.data.sources[1]"))
+    assert "not-the-secret" not in str(error.value)  # a secret is never in a message
 
 
 def test_training_runs_under_bf16_autocast(tmp_path: Path) -> None:

@@ -39,13 +39,16 @@ def list_files(uri: str, field: str) -> list[str]:
     """The files of a source, sorted (a directory lists its files recursively)."""
     url = resolve(uri)
     filesystem, path = fsspec.core.url_to_fs(url)
-    if not filesystem.exists(path):
-        raise DataError(f"{field}: {uri} does not exist")
-    if filesystem.isdir(path):
-        files = sorted(f for f in filesystem.find(path) if not Path(f).name.startswith("."))
-        if not files:
-            raise DataError(f"{field}: {uri} is an empty directory")
-        return [filesystem.unstrip_protocol(f) for f in files]
+    try:
+        if not filesystem.exists(path):
+            raise DataError(f"{field}: {uri} does not exist")
+        if filesystem.isdir(path):
+            files = sorted(f for f in filesystem.find(path) if not Path(f).name.startswith("."))
+            if not files:
+                raise DataError(f"{field}: {uri} is an empty directory")
+            return [filesystem.unstrip_protocol(f) for f in files]
+    except PermissionError as error:  # an object store refused the credentials: permanent
+        raise DataError(f"{field}: {uri}: access refused by the store ({error})") from None
     return [filesystem.unstrip_protocol(path)]
 
 
