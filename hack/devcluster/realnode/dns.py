@@ -70,17 +70,24 @@ class ClusterDns:
         config = self.directory / "Corefile"
         config.write_text(corefile(self.address, kubeconfig, free_port(), ready_port))
         log = self.directory / "coredns.log"
-        self.pid = processes.launch([str(binaries.coredns), "-conf", str(config)], log,
-                                    self.directory)  # fmt: skip
-        SLOTS.hand_to(self.slot, self.pid, f"cluster DNS ({self.directory})")
-        self._save()
         deadline = time.monotonic() + timeout
-        while not processes.http_ok(f"http://127.0.0.1:{ready_port}/ready"):
-            if not processes.alive(self.pid, str(config)) or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"CoreDNS did not start; see {log}:\n{log.read_text()[-2000:]}")
-            time.sleep(0.2)
-        return self.address
+        for attempt in range(1, 4):
+            self.pid = processes.launch([str(binaries.coredns), "-conf", str(config)], log,
+                                        self.directory)  # fmt: skip
+            SLOTS.hand_to(self.slot, self.pid, f"cluster DNS ({self.directory})")
+            self._save()
+            while processes.alive(self.pid, str(config)) and time.monotonic() < deadline:
+                if processes.http_ok(f"http://127.0.0.1:{ready_port}/ready"):
+                    return self.address
+                time.sleep(0.2)
+            processes.reap(self.pid)
+            # Its address was once found unbindable at the first start after other runs had
+            # gone (EADDRNOTAVAIL, cause unknown): put it back and try again, twice at most.
+            if "cannot assign requested address" not in log.read_text() or attempt == 3:
+                break
+            network.add_address(self.address)
+        self.stop()
+        raise RuntimeError(f"CoreDNS did not start; see {log}:\n{log.read_text()[-2000:]}")
 
     def stop(self) -> None:
         if self.pid:

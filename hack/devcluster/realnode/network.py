@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 
 from devcluster.realnode.addresses import BRIDGE, GATEWAY, NETWORK, AddressError, pod_range
 
@@ -30,11 +31,25 @@ def ensure_bridge() -> None:
     ip("link", "set", BRIDGE, "up")
 
 
-def add_address(address: str) -> None:
-    """A node's IP, local to this machine (`ip route get` answers `local`)."""
-    ensure_bridge()
-    if f"{address}/32" not in ip("-4", "addr", "show", "dev", BRIDGE).stdout:
-        ip("addr", "add", f"{address}/32", "dev", BRIDGE)
+def is_local(address: str) -> bool:
+    """Whether a socket can bind `address` now: the kernel routes it as local."""
+    return ip("-4", "route", "get", address, check=False).stdout.startswith("local ")
+
+
+def add_address(address: str, timeout: float = 5.0) -> None:
+    """A node's IP, local to this machine, returned only once it can be bound (a server that
+    binds it at once has been seen to get EADDRNOTAVAIL)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        ensure_bridge()
+        if f"{address}/32 " not in ip("-4", "addr", "show", "dev", BRIDGE).stdout:
+            ip("addr", "add", f"{address}/32", "dev", BRIDGE, check=False)
+        if is_local(address):
+            return
+        if time.monotonic() > deadline:
+            route = ip("-4", "route", "get", address, check=False).stdout.strip()
+            raise AddressError(f"{address} on {BRIDGE} is not local after {timeout:.0f} s: {route}")
+        time.sleep(0.1)
 
 
 def remove_address(address: str) -> None:
