@@ -125,15 +125,22 @@ class ObjectStore:
         found = self.load()
         if found is not None and self.running():
             return found
-        weed = tools.ensure(tools.SEAWEEDFS) / "weed"
-        self.directory.mkdir(parents=True, exist_ok=True)
-        (self.directory / "data").mkdir(exist_ok=True)
         credentials = Credentials(ACCESS_KEY, secrets.token_hex(20))
         state = ObjectStoreState(address, free_port(), BUCKET, credentials.access_key,
                                  credentials.secret_key)  # fmt: skip
+        return self.restart(state, timeout)
+
+    def restart(self, state: ObjectStoreState, timeout: float = 90) -> ObjectStoreState:
+        """Start the server with a state it had (its address, port and credentials) on the data
+        it kept: what a client that knew it before sees as the same store, back."""
+        weed = tools.ensure(tools.SEAWEEDFS) / "weed"
+        self.directory.mkdir(parents=True, exist_ok=True)
+        (self.directory / "data").mkdir(exist_ok=True)
+        credentials = Credentials(state.access_key, state.secret_key)
         self._config.write_text(json.dumps(s3_identities(credentials), indent=2))
         self._config.chmod(0o600)
         command = mini_command(weed, state, self.directory / "data", self._config)
+        state = ObjectStoreState(**{**asdict(state), "pid": 0})
         state.pid = processes.launch(command, self.log, self.directory)
         self._state_file.write_text(json.dumps(asdict(state), indent=2))
         self._state_file.chmod(0o600)
@@ -148,11 +155,12 @@ class ObjectStore:
             time.sleep(0.3)
         return state
 
-    def stop(self) -> None:
-        """Stop the server; its data stays in `directory` for the next start."""
+    def stop(self, sig: signal.Signals = signal.SIGTERM) -> None:
+        """Stop the server (SIGKILL: as a crash does); its data stays in `directory` for the next
+        start."""
         state = self.load()
         if state is not None:
-            processes.stop(state.pid, str(self._config), 10, signal.SIGTERM)
+            processes.stop(state.pid, str(self._config), 10, sig)
         self._state_file.unlink(missing_ok=True)
 
 

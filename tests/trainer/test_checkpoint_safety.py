@@ -73,8 +73,9 @@ def test_a_background_save_holds_the_state_of_its_step(tmp_path: Path) -> None:
 
     assert committed == [1]
     fresh = nn.Linear(256, 256)
-    restored = restore(latest(tmp_path) or (tmp_path, {}), fresh,
-                       torch.optim.AdamW(fresh.parameters()))  # fmt: skip
+    found = latest(tmp_path)
+    assert found is not None
+    restored = restore(found, fresh, torch.optim.AdamW(fresh.parameters()))
     assert restored.step == 1
     for name, value in fresh.state_dict().items():
         assert torch.equal(value, at_step_1[name]), name

@@ -97,7 +97,7 @@ def test_a_partial_or_corrupted_checkpoint_is_never_used(tmp_path: Path) -> None
     save(root, 2, 24, model, optimizer, Runtime(), keep=5)
     newest = save(root, 4, 48, model, optimizer, Runtime(), keep=5)
     (root / ".partial-step-000000006-dead").mkdir()  # a save killed before its commit
-    shard = next(p for p in newest.iterdir() if p.suffix == ".distcp")
+    shard = next(p for p in Path(newest.path).iterdir() if p.suffix == ".distcp")
     shard.write_bytes(shard.read_bytes()[:-10])  # a torn write
     found = latest(root)
     assert found is not None

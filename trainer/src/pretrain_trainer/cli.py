@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable
@@ -34,6 +35,7 @@ from pretrain_trainer.errors import (
     EXIT_TERMINATED,
     ConfigurationError,
 )
+from pretrain_trainer.storage import Location, checkpoint_root
 
 
 def _first_error(error: ValidationError) -> str:
@@ -99,12 +101,7 @@ def train_worker(config: Path, output: Path | None, metrics_port: int | None) ->
     signal.signal(signal.SIGTERM, lambda *_: stop.update(requested=True))
     runtime = distributed.start(job.spec)
     try:
-        checkpoint_dir = os.environ.get("PRETRAIN_CHECKPOINT_DIR")
-        # In a pod, everything lives in the job's checkpoint directory (a shared volume).
-        root = output or (Path(checkpoint_dir) if checkpoint_dir else Path("runs/latest"))
-        checkpoints = (
-            Path(checkpoint_dir) if checkpoint_dir and not output else root / "checkpoints"
-        )
+        root, checkpoints = run_locations(job, output, os.environ.get("PRETRAIN_CHECKPOINT_DIR"))
         served = None
         if runtime.local_rank == 0 and metrics_port is not None:
             name = str(job.metadata.get("name", "job"))
@@ -133,6 +130,21 @@ def train_worker(config: Path, output: Path | None, metrics_port: int | None) ->
             termination.write_message(report)
     finally:
         distributed.stop()
+
+
+def run_locations(
+    job: PretrainJob | FinetuneJob, output: Path | None, checkpoint_dir: str | None
+) -> tuple[Path, Location]:
+    """The run directory (metrics.jsonl, model/) and where checkpoints go. In a pod
+    (PRETRAIN_CHECKPOINT_DIR) the run lives in the job's checkpoint directory on its volume, or,
+    where checkpoints go to an object store, in the pod's scratch space beside them; `pretrain
+    run` keeps it in --output, with checkpoints where the spec's storage.uri says."""
+    if checkpoint_dir and not output:
+        checkpoints = Location.of(checkpoint_dir)
+        root = Path(checkpoints.path) if checkpoints.local else Path(tempfile.gettempdir()) / "run"
+        return root, checkpoints
+    root = output or Path("runs/latest")
+    return root, checkpoint_root(job.spec.checkpoint, root)
 
 
 def final_report(

@@ -27,7 +27,7 @@ from pretrain_trainer.build import (
     model_shape,
     needs_tokenizer,
 )
-from pretrain_trainer.checkpoint import CheckpointWriter, latest, restore
+from pretrain_trainer.checkpoint import CheckpointWriter, Root, latest, restore
 from pretrain_trainer.data.images import caption_texts
 from pretrain_trainer.data.sources import documents
 from pretrain_trainer.distributed import Runtime, all_sum, share
@@ -37,6 +37,7 @@ from pretrain_trainer.metrics import TrainerMetrics, flops_per_token, peak_flops
 from pretrain_trainer.models.core import Block, count_parameters
 from pretrain_trainer.objectives.base import Batch, Objective
 from pretrain_trainer.step import autocast, optimizer_step, to_device
+from pretrain_trainer.storage import Location, check_access, checkpoint_root, publish
 from pretrain_trainer.timing import process_start_time
 from pretrain_trainer.tokenizer import limited, load_tokenizer, special_ids, train_tokenizer
 
@@ -111,12 +112,12 @@ def total_steps(training: Training, sequence_length: int, override: int | None) 
 
 
 def prepare_tokenizer(
-    spec: PretrainJobSpec, output: Path, runtime: Runtime, checkpoint: Path | None = None
+    spec: PretrainJobSpec, output: Path, runtime: Runtime, checkpoint: Location | None = None
 ) -> Tokenizer:
     """The checkpoint's tokenizer when resuming, else tokenizer.uri, else one trained on the
     training sources by rank 0 and broadcast (ranks on other nodes may share no volume)."""
     if checkpoint is not None and (checkpoint / TOKENIZER_FILE).is_file():
-        return load_tokenizer(checkpoint / TOKENIZER_FILE)
+        return Tokenizer.from_str((checkpoint / TOKENIZER_FILE).read_text())
     if runtime.distributed:
         text = [_make_tokenizer(spec, output).to_str() if runtime.main else ""]
         torch.distributed.broadcast_object_list(text, src=0)
@@ -233,18 +234,21 @@ def run(
     max_steps: int | None = None,
     on_step: Callable[[StepReport], None] | None = None,
     runtime: Runtime | None = None,
-    checkpoints: Path | None = None,
+    checkpoints: Root | None = None,
     metrics: TrainerMetrics | None = None,
     stop_requested: Callable[[], bool] = lambda: False,
 ) -> RunSummary:
     """Train `spec` as this rank of the process group; resume from the newest valid checkpoint
-    under `checkpoints` (default output/checkpoints); rank 0 writes metrics.jsonl and model/."""
+    under `checkpoints` (default: spec.checkpoint.storage.uri, else output/checkpoints); rank 0
+    writes metrics.jsonl and model/ (and copies model/ beside checkpoints kept elsewhere)."""
     training = spec.training
     runtime = runtime or Runtime(
         device=torch.device("cuda" if torch.cuda.is_available() else "cpu")
     )
     device = runtime.device
-    checkpoints = checkpoints or output / "checkpoints"
+    checkpoints = (Location.of(checkpoints) if checkpoints is not None
+                   else checkpoint_root(spec.checkpoint, output))  # fmt: skip
+    check_access(checkpoints)
     if training.global_batch_size < runtime.world_size:
         raise ConfigurationError(f"spec.training.globalBatchSize: {training.global_batch_size} "
                                  f"samples cannot feed {runtime.world_size} processes")  # fmt: skip
@@ -374,6 +378,7 @@ def run(
                 else model if runtime.main else None)  # fmt: skip
     if exported is not None:
         export_model(exported, spec, tokenizer, model_dir)
+        publish(model_dir, checkpoints, output)
     last_loss = report.loss if start < steps else math.nan
     return RunSummary(steps, first_eval, last_eval, tokens, model_dir, last_loss)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,13 +17,12 @@ from safetensors.torch import load_file
 from tokenizers import Tokenizer
 from torch import nn
 from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
-from torch.distributed.checkpoint.state_dict_loader import load as load_shards
 
 from pretrain_operator.api import FinetuneJobSpec, PretrainJobSpec
 from pretrain_operator.api.finetune import TaskType
 from pretrain_operator.api.pretrain import ModelFamily
 from pretrain_trainer.build import build_model
-from pretrain_trainer.checkpoint import MANIFEST, complete, latest, verify
+from pretrain_trainer.checkpoint import MANIFEST, complete, latest, load_model_shards, verify
 from pretrain_trainer.data.sources import resolve
 from pretrain_trainer.errors import ConfigurationError
 from pretrain_trainer.export import gpt2_state, import_bert
@@ -30,6 +30,7 @@ from pretrain_trainer.models.clip import CLIP
 from pretrain_trainer.models.gpt import GPT, GPTConfig
 from pretrain_trainer.models.vit import MaskedAutoencoder
 from pretrain_trainer.objectives.contrastive import ContrastiveModel
+from pretrain_trainer.storage import Location
 from pretrain_trainer.tokenizer import load_tokenizer
 from pretrain_trainer.train import SPEC_FILE
 
@@ -87,7 +88,7 @@ def _backbone(model: nn.Module) -> nn.Module:
     return model
 
 
-def _recorded_spec(directory: Path, field: str, uri: str) -> PretrainJobSpec:
+def _recorded_spec(directory: Location, field: str, uri: str) -> PretrainJobSpec:
     """The spec a checkpoint was trained with: its own record, else the run's exported model."""
     candidates = [directory / SPEC_FILE, directory.parent / "model" / "config.json",
                   directory.parent.parent / "model" / "config.json"]  # fmt: skip
@@ -100,14 +101,14 @@ def _recorded_spec(directory: Path, field: str, uri: str) -> PretrainJobSpec:
                              f"({SPEC_FILE}); was it written by a PretrainJob?")  # fmt: skip
 
 
-def _from_checkpoint(directory: Path, field: str, uri: str) -> Base:
+def _from_checkpoint(directory: Location, field: str, uri: str) -> Base:
     spec = _recorded_spec(directory, field, uri)
     tokenizer_path = directory / "tokenizer.json"
-    tokenizer = load_tokenizer(tokenizer_path) if tokenizer_path.is_file() else None
+    tokenizer = Tokenizer.from_str(tokenizer_path.read_text()) if tokenizer_path.is_file() else None
     model = build_model(spec, tokenizer.get_vocab_size() if tokenizer else 0)
     state = get_model_state_dict(model)
     try:
-        load_shards({"model": state}, checkpoint_id=str(directory))
+        load_model_shards({"model": state}, directory)
     except Exception as error:  # missing or misshapen tensors: not the model it claims to be
         reason = str(error).strip().splitlines()[0][:300] if str(error).strip() else ""
         family = spec.model.family.value
@@ -180,11 +181,12 @@ def _from_hugging_face(directory: Path, field: str, uri: str) -> Base:
 def load_base(uri: str, field: str) -> Base:
     """The base at `uri`: a checkpoint directory (step-N with manifest.json), a checkpoint root
     or run directory (the newest valid checkpoint), or a Hugging Face directory."""
-    directory = Path(resolve(uri))
-    if "://" in str(directory):
-        raise ConfigurationError(f"{field}: {uri}: bases are read from a mounted path "
-                                 "(file:// or pvc://)")  # fmt: skip
-    if not directory.exists():
+    directory = Location.of(resolve(uri))
+    try:
+        present = directory.exists()
+    except PermissionError as error:  # an object store refused the credentials: permanent
+        raise ConfigurationError(f"{field}: {uri}: access refused by the store ({error})") from None
+    if not present:
         raise ConfigurationError(f"{field}: {uri} does not exist")
     if (directory / MANIFEST).is_file():
         if verify(directory) is None:
@@ -200,9 +202,17 @@ def load_base(uri: str, field: str) -> Base:
             return _from_checkpoint(found[0], field, uri)
     for candidate in (directory, directory / "model"):
         if (candidate / "config.json").is_file():
-            return _from_hugging_face(candidate, field, uri)
+            return _from_hugging_face(_local_copy(candidate), field, uri)
     raise ConfigurationError(f"{field}: {uri} holds neither a checkpoint (manifest.json, "
                              "step-*/) nor a Hugging Face model (config.json)")  # fmt: skip
+
+
+def _local_copy(directory: Location) -> Path:
+    """A Hugging Face directory as local files (safetensors are read from a path): itself,
+    or a copy of the objects under an object-store prefix."""
+    if directory.local:
+        return Path(directory.path)
+    return directory.download(Path(tempfile.mkdtemp(prefix="pretrain-base-")))
 
 
 def check_fits(base: Base, spec: FinetuneJobSpec, field: str) -> None:

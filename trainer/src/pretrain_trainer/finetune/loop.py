@@ -25,7 +25,7 @@ from torch import nn
 
 from pretrain_operator.api import FinetuneJobSpec
 from pretrain_operator.api.finetune import MethodType, TaskType
-from pretrain_trainer.checkpoint import latest, restore, save
+from pretrain_trainer.checkpoint import Root, latest, restore, save
 from pretrain_trainer.distributed import Runtime, all_sum, share
 from pretrain_trainer.errors import ConfigurationError
 from pretrain_trainer.finetune import lora
@@ -52,6 +52,7 @@ from pretrain_trainer.metrics import TrainerMetrics
 from pretrain_trainer.models.gpt import GPT
 from pretrain_trainer.models.vit import ViT
 from pretrain_trainer.step import autocast, optimizer_step
+from pretrain_trainer.storage import Location, check_access, checkpoint_root, publish
 from pretrain_trainer.train import (
     LossModule,
     StepReport,
@@ -212,7 +213,7 @@ def run_finetune(
     max_steps: int | None = None,
     on_step: Callable[[StepReport], None] | None = None,
     runtime: Runtime | None = None,
-    checkpoints: Path | None = None,
+    checkpoints: Root | None = None,
     metrics: TrainerMetrics | None = None,
     stop_requested: Callable[[], bool] = lambda: False,
 ) -> FinetuneSummary:
@@ -225,7 +226,9 @@ def run_finetune(
         raise ConfigurationError(f"spec.training.globalBatchSize: {training.global_batch_size} "
                                  f"samples cannot feed {runtime.world_size} processes")  # fmt: skip
     base, labels = prepared.base, prepared.labels
-    checkpoints = checkpoints or output / "checkpoints"
+    checkpoints = (Location.of(checkpoints) if checkpoints is not None
+                   else checkpoint_root(spec.checkpoint, output))  # fmt: skip
+    check_access(checkpoints)
     torch.manual_seed(training.seed)  # the same head on every rank
     task = spec.task.type
     model = TaskModel(base.network, base.family, task, len(labels.names) if labels else 0)
@@ -331,4 +334,5 @@ def run_finetune(
             lora.save_adapters(adapted, output / "adapter")
             model.network = lora.merge(adapted)
         export_finetuned(model, spec, labels, base.tokenizer, base.origin, model_dir)
+        publish(model_dir, checkpoints, output)
     return FinetuneSummary(steps, first, last, count, model_dir)
