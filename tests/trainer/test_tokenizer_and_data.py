@@ -16,6 +16,7 @@ import pytest
 import torch
 from tokenizers import Tokenizer
 
+from fault_proxy import fault_proxy
 from pretrain_operator.api.pretrain import Data, TokenizerType
 from pretrain_trainer.data.mixture import source_choices
 from pretrain_trainer.data.sources import DataError, documents
@@ -179,6 +180,31 @@ def test_an_s3_prefix_is_listed_and_its_objects_read_in_order(s3_env: dict[str, 
     assert list(documents(source, "spec.data.sources[0]")) == [
         "from the bucket", "and more", "second part", "a deeper shard",
     ]  # fmt: skip
+
+
+def test_reads_broken_by_reset_connections_are_retried(
+    s3_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through a proxy that resets connections in front of the real server: the listing and the
+    reads are retried, and every document arrives once, in order."""
+    import s3fs
+
+    bucket = s3_env["PRETRAIN_TEST_BUCKET"]
+    prefix = f"{bucket}/flaky-{secrets.token_hex(4)}"
+    texts = [f"document {i}" for i in range(200)]
+    for part in range(4):
+        lines = "".join(json.dumps({"text": t}) + "\n" for t in texts[part * 50 : part * 50 + 50])
+        s3fs.S3FileSystem().pipe(f"{prefix}/part-{part}.jsonl", lines.encode())
+    endpoint = s3_env["AWS_ENDPOINT_URL"].removeprefix("http://")
+    host, port = endpoint.rsplit(":", 1)
+    with fault_proxy(host, int(port)) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{proxy.port}")
+        monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")  # the client's own retries off: ours act
+        s3fs.S3FileSystem.clear_instance_cache()
+        proxy.reset(3)
+        source = Data.model_validate({"sources": [{"uri": f"s3://{prefix}/"}]}).sources[0]
+        assert list(documents(source, "spec.data.sources[0]")) == texts
+        assert proxy.resets == 3
 
 
 def test_s3_sources_that_cannot_be_read_are_named(

@@ -3,18 +3,19 @@ with an image path and a caption), decoded with Pillow, resized, as float tensor
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import fsspec
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from tokenizers import Tokenizer
 
 from pretrain_operator.api.pretrain import Data, DataFormat, DataSource
 from pretrain_trainer.data.mixture import Mixture, first_of_each, in_validation, mix_sources
-from pretrain_trainer.data.sources import DataError, list_files, resolve
+from pretrain_trainer.data.sources import DataError, list_files, resolve, resumed, retrying
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
 
@@ -33,9 +34,19 @@ class ImageTextSample:
 
 
 def load_image(url: str, size: int) -> torch.Tensor:
-    with fsspec.open(url, "rb") as handle, Image.open(handle) as image:
-        rgb = image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
-        data = torch.frombuffer(bytearray(rgb.tobytes()), dtype=torch.uint8)
+    """One image, resized; a read that fails transiently is tried again (sources.retrying)."""
+    return retrying(lambda: _load_image(url, size), url)
+
+
+def _load_image(url: str, size: int) -> torch.Tensor:
+    with fsspec.open(url, "rb") as handle:
+        try:
+            opened = Image.open(handle)
+        except UnidentifiedImageError:  # an OSError, but no retry will change the bytes
+            raise DataError(f"{url} is not an image PIL can read") from None
+        with opened as image:
+            rgb = image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
+            data = torch.frombuffer(bytearray(rgb.tobytes()), dtype=torch.uint8)
     return data.view(size, size, 3).permute(2, 0, 1).float().div_(255)
 
 
@@ -55,19 +66,23 @@ def image_text_records(source: DataSource, field: str) -> Iterator[tuple[str, st
     if source.format != DataFormat.JSONL:
         raise DataError(f"{field}.format: ImageText reads jsonl records of image and caption")
     for url in list_files(source.uri, f"{field}.uri"):
-        base = url.rsplit("/", 1)[0]
-        with fsspec.open(url, "rt", encoding="utf-8") as handle:
-            for line in handle:
-                if not line.strip():
-                    continue
-                record = json.loads(line)
-                image, text = record.get(source.image_field), record.get(source.field)
-                if not isinstance(image, str) or not isinstance(text, str):
-                    raise DataError(f"{field}: records need {source.image_field!r} and "
-                                    f"{source.field!r} strings ({url})")  # fmt: skip
-                if "://" not in image and not image.startswith("/"):
-                    image = f"{base}/{image}"
-                yield resolve(image), text
+        yield from resumed(functools.partial(_records_in_file, url, source, field), url)
+
+
+def _records_in_file(url: str, source: DataSource, field: str) -> Iterator[tuple[str, str]]:
+    base = url.rsplit("/", 1)[0]
+    with fsspec.open(url, "rt", encoding="utf-8") as handle:
+        for line in handle:
+            if not line.strip():
+                continue
+            record = json.loads(line)
+            image, text = record.get(source.image_field), record.get(source.field)
+            if not isinstance(image, str) or not isinstance(text, str):
+                raise DataError(f"{field}: records need {source.image_field!r} and "
+                                f"{source.field!r} strings ({url})")  # fmt: skip
+            if "://" not in image and not image.startswith("/"):
+                image = f"{base}/{image}"
+            yield resolve(image), text
 
 
 def _images(

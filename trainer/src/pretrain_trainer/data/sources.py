@@ -4,10 +4,14 @@ than memory streams through."""
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
 import os
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import fsspec
 
@@ -15,6 +19,14 @@ from pretrain_operator import naming
 from pretrain_operator.api.pretrain import DataFormat, DataSource
 
 DEFAULT_PVC_ROOT = naming.CLAIMS_MOUNT  # where the operator mounts the claims
+LOG = logging.getLogger("pretrain_trainer.data")
+# An object store that answers 503 or drops connections is waited for: 1 + 2 + 4 + 8 + 16 s,
+# beyond the client's own quick retries, then the error stands (and the pod is restarted).
+ATTEMPTS = 6
+FIRST_DELAY = 1.0
+PERMANENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError,
+             UnicodeError, ValueError)  # fmt: skip
+T = TypeVar("T")
 
 
 class DataError(ValueError):
@@ -35,8 +47,61 @@ def resolve(uri: str) -> str:
     return uri
 
 
+def transient(error: BaseException) -> bool:
+    """An error that may pass (a 503, a reset connection, a timeout): s3fs and gcsfs raise
+    those as plain OSErrors or their clients' own types; a missing object or refused
+    credentials (FileNotFoundError, PermissionError) or a malformed record is permanent."""
+    if isinstance(error, PERMANENT):
+        return False
+    if isinstance(error, OSError | ConnectionError | TimeoutError):
+        return True
+    return type(error).__module__.split(".")[0] in ("botocore", "aiobotocore", "aiohttp", "urllib3",
+                                                    "requests", "google")  # fmt: skip
+
+
+def retrying(action: Callable[[], T], what: str, sleep: Callable[[float], None] = time.sleep) -> T:
+    for attempt in range(ATTEMPTS):
+        try:
+            return action()
+        except Exception as error:
+            if not transient(error) or attempt == ATTEMPTS - 1:
+                raise
+            _wait(what, error, attempt, sleep)
+    raise AssertionError("unreachable")
+
+
+def _wait(what: str, error: BaseException, attempt: int, sleep: Callable[[float], None]) -> None:
+    delay = FIRST_DELAY * 2**attempt
+    LOG.warning("%s: %s: %s; trying again in %.0f s (%d/%d)", what, type(error).__name__,
+                error, delay, attempt + 1, ATTEMPTS - 1)  # fmt: skip
+    sleep(delay)
+
+
+def resumed(
+    read: Callable[[], Iterator[T]], what: str, sleep: Callable[[float], None] = time.sleep
+) -> Iterator[T]:
+    """The items of `read()`, read again from the start after a transient error, the items
+    already given skipped: the same sequence, once, as an undisturbed read gives."""
+    given = 0
+    for attempt in range(ATTEMPTS):
+        try:
+            for index, item in enumerate(read()):
+                if index >= given:
+                    given += 1
+                    yield item
+            return
+        except Exception as error:
+            if not transient(error) or attempt == ATTEMPTS - 1:
+                raise
+            _wait(what, error, attempt, sleep)
+
+
 def list_files(uri: str, field: str) -> list[str]:
     """The files of a source, sorted (a directory lists its files recursively)."""
+    return retrying(lambda: _list_files(uri, field), uri)
+
+
+def _list_files(uri: str, field: str) -> list[str]:
     url = resolve(uri)
     filesystem, path = fsspec.core.url_to_fs(url)
     try:
@@ -92,4 +157,4 @@ def documents(source: DataSource, field: str) -> Iterator[str]:
     if source.format == DataFormat.IMAGE_FOLDER:
         raise DataError(f"{field}.format: imagefolder holds images, not text")
     for url in list_files(source.uri, f"{field}.uri"):
-        yield from _documents_in_file(url, source, field)
+        yield from resumed(functools.partial(_documents_in_file, url, source, field), url)
