@@ -174,7 +174,7 @@ def crds(cluster: ClusterSession) -> list[str]:
         str(name)
         for name in cluster.kubectl("get", "-f", str(root / "crds"), "-o", "name").stdout.split()
     ]
-    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", *names)
+    cluster.wait_established(*names)
     return names
 
 

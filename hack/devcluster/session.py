@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -71,6 +72,21 @@ class ClusterSession:
         if check and result.returncode != 0:
             raise KubectlError(f"kubectl {' '.join(args)} failed: {result.stderr.strip()}")
         return result
+
+    def wait_established(self, *names: str, timeout: float = 60) -> None:
+        """Wait until the CRDs are Established. `kubectl wait` alone fails at once on a CRD the
+        API server has not given a status yet ("status.conditions accessor error"), which a
+        loaded machine shows right after the apply."""
+        deadline = time.monotonic() + timeout
+        while True:
+            result = self.kubectl("wait", "--for=condition=Established", "--timeout=10s", *names,
+                                  check=False)  # fmt: skip
+            if result.returncode == 0:
+                return
+            if time.monotonic() > deadline:
+                raise KubectlError(f"CRDs {' '.join(names)} not Established within "
+                                   f"{timeout:.0f} s: {result.stderr.strip()}")  # fmt: skip
+            time.sleep(0.5)
 
 
 @contextmanager

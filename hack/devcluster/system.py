@@ -79,7 +79,7 @@ def _control_plane(directory: Path, stack: contextlib.ExitStack) -> ClusterSessi
     stack.callback(cluster.stop)
     session = ClusterSession(cluster.kubeconfig, binaries, local=True)
     session.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
-    session.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd", "--all")
+    session.wait_established("crd", "--all")
     return session
 
 

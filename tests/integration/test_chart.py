@@ -51,8 +51,7 @@ def monitoring_crds(cluster: ClusterSession) -> None:
     for name in ("servicemonitors", "podmonitors", "prometheusrules"):
         path = directory / f"monitoring.coreos.com_{name}.yaml"
         cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(path))
-        cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                        f"crd/{name}.monitoring.coreos.com")  # fmt: skip
+        cluster.wait_established(f"crd/{name}.monitoring.coreos.com")
 
 
 @pytest.mark.parametrize(
