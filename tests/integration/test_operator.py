@@ -552,3 +552,42 @@ def test_resizing_a_running_job_restarts_its_pods_with_the_new_bounds(
     assert refused.value.status == 422
     assert "replicas.min" in str(refused.value.body)
     assert jobs.status("growing").get("restarts", 0) == 0
+
+
+def test_a_missing_secret_is_a_condition_and_no_secret_value_leaves_the_secret(
+    jobs: Jobs, node_pool: NodePool, operator: OperatorProcess
+) -> None:
+    node_pool.add(NodeShape(gpus=8))
+    secret_value = "wJalrXUtnFEMI-not-a-real-secret-" + str(time.time_ns())
+    data = {"sources": [{"uri": "s3://corpus/en/"}], "secretRef": {"name": "bucket"}}
+    storage = {"uri": "s3://checkpoints/credentialed", "secretRef": {"name": "bucket"}}
+    jobs.create(pretrain_job("credentialed", node_pool, data=data,
+                             checkpoint={"storage": storage}))  # fmt: skip
+
+    def waiting() -> dict[str, Any] | None:
+        status = jobs.status("credentialed")
+        found = [c for c in status.get("conditions", []) if c["type"] == "WaitingForCredentials"]
+        return found[0] if found and found[0]["status"] == "True" else None
+
+    held = wait_until(waiting, "the WaitingForCredentials condition")
+    assert held["message"] == (
+        f"spec.data.secretRef: Secret bucket not found in namespace {jobs.namespace}; "
+        f"spec.checkpoint.storage.secretRef: Secret bucket not found in namespace {jobs.namespace}"
+    )
+    assert jobs.status("credentialed")["phase"] == "Pending"
+    assert jobs.pods("credentialed") == {}  # nothing starts that would fail to read it
+
+    jobs.core.create_namespaced_secret(jobs.namespace, client.V1Secret(
+        metadata=client.V1ObjectMeta(name="bucket"),
+        string_data={"AWS_ACCESS_KEY_ID": "reader", "AWS_SECRET_ACCESS_KEY": secret_value},
+    ))  # fmt: skip
+    jobs.wait_phase("credentialed", "Running")
+    pod = jobs.pods("credentialed")["credentialed-node-0"]
+    assert [ref.secret_ref.name for ref in pod.spec.containers[0].env_from] == ["bucket"]
+    assert condition(jobs.status("credentialed"), "WaitingForCredentials")["status"] == "False"
+
+    config_maps = jobs.core.list_namespaced_config_map(jobs.namespace).items
+    said = [json.dumps(jobs.get("credentialed")), *jobs.events("credentialed"),
+            *(json.dumps(cm.data) for cm in config_maps), operator.log.read_text(),
+            json.dumps(client.ApiClient().sanitize_for_serialization(pod))]  # fmt: skip
+    assert not [text for text in said if secret_value in text]

@@ -795,3 +795,45 @@ def test_a_base_on_the_jobs_own_checkpoint_claim_leaves_its_checkpoints_writable
     assert claims[base_volume]["claimName"] == base_claim
     # One volume per claim: never the checkpoint claim twice.
     assert sorted(c["claimName"] for c in claims.values()) == sorted({"checkpoints", base_claim})
+
+
+def credentialed() -> Job:
+    return pretrain(
+        data={"sources": [{"uri": "s3://corpus/en/"}], "secretRef": {"name": "corpus-reader"}},
+        checkpoint={"storage": {"uri": "s3://ckpt/j", "secretRef": {"name": "ckpt-writer"}}},
+    )
+
+
+def test_a_missing_secret_holds_the_pods_back_naming_the_field() -> None:
+    missing = ["spec.checkpoint.storage.secretRef: Secret ckpt-writer not found in namespace ns"]
+    waiting = plan(credentialed(), JobStatus(), 1, [], NOW, missing_secrets=missing)
+    assert waiting.create == []
+    assert waiting.status.phase == Phase.PENDING
+    condition = next(c for c in waiting.status.conditions if c.type == "WaitingForCredentials")
+    assert (condition.status, condition.reason, condition.message) == (
+        "True", "SecretNotFound", missing[0])  # fmt: skip
+    assert [e.reason for e in waiting.events] == ["SecretNotFound"]
+    again = plan(credentialed(), waiting.status, 1, [], seconds(5), missing_secrets=missing)
+    assert again.events == []  # said once, not at every resync
+
+    found = plan(credentialed(), again.status, 1, [], seconds(10))
+    assert len(found.create) == 5  # the rendezvous and replicas.max node pods
+    condition = next(c for c in found.status.conditions if c.type == "WaitingForCredentials")
+    assert condition.status == "False"
+
+
+def test_node_pods_take_the_credentials_from_the_secrets_not_the_spec() -> None:
+    pod = children.node_pod(credentialed(), 0)
+    container = pod["spec"]["containers"][0]
+    # The data's Secret first: the checkpoints' variables win where both set one.
+    assert container["envFrom"] == [{"secretRef": {"name": "corpus-reader"}},
+                                    {"secretRef": {"name": "ckpt-writer"}}]  # fmt: skip
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    for name in ("corpus-reader", "ckpt-writer"):
+        mount = mounts[f"/var/run/secrets/pretrain/{name}"]
+        assert mount["readOnly"]
+        assert volumes[mount["name"]]["secret"] == {"secretName": name}
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["PRETRAIN_CHECKPOINT_DIR"] == "s3://ckpt/j"
+    assert "envFrom" not in children.node_pod(pretrain(), 0)["spec"]["containers"][0]

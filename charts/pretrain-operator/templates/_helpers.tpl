@@ -42,6 +42,10 @@ these rules, as the chart's ServiceAccount). */}}
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
+# A secretRef's Secret: is it there before pods that read it start (its data is never used).
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get"]
 # The budgets and the PodGroup: patched when spec.replicas changes.
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]

@@ -237,6 +237,32 @@ def _checkpoint_location(job: Job) -> str:
     return f"{naming.CHECKPOINT_MOUNT}/{path.strip('/')}"
 
 
+def secret_refs(spec: PretrainJobSpec | FinetuneJobSpec) -> list[tuple[str, str]]:
+    """(field, Secret name) of the credentials the job names: the data's, then the
+    checkpoints' (whose variables win where both Secrets set one)."""
+    refs = []
+    if spec.data.secret_ref:
+        refs.append(("spec.data.secretRef", spec.data.secret_ref.name))
+    storage = spec.checkpoint.storage
+    if storage and storage.secret_ref:
+        refs.append(("spec.checkpoint.storage.secretRef", storage.secret_ref.name))
+    return refs
+
+
+def _credentials(job: Job) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[Any]]:
+    """The Secrets' keys as environment variables, their files mounted read-only (a GCP key
+    file that GOOGLE_APPLICATION_CREDENTIALS names): the values never pass through the
+    operator, the ConfigMap or the status."""
+    names = list(dict.fromkeys(name for _, name in secret_refs(job.spec)))
+    env_from = [{"secretRef": {"name": name}} for name in names]
+    mounts = [{"name": f"credentials-{number}", "readOnly": True,
+               "mountPath": f"{naming.CREDENTIALS_MOUNT}/{name}"}
+              for number, name in enumerate(names)]  # fmt: skip
+    volumes = [{"name": f"credentials-{number}", "secret": {"secretName": name}}
+               for number, name in enumerate(names)]  # fmt: skip
+    return env_from, mounts, volumes
+
+
 def data_claims(spec: PretrainJobSpec | FinetuneJobSpec) -> list[str]:
     """Claims the job reads through pvc://CLAIM/... URIs (data, tokenizer, base model)."""
     if isinstance(spec, PretrainJobSpec):
@@ -315,8 +341,9 @@ def node_pod(job: Job, index: int) -> Manifest:
         {"name": "tmp", "emptyDir": {}},
     ]
     claim_mounts, claim_volumes = _data_volumes(job)
-    mounts += claim_mounts
-    volumes += claim_volumes
+    env_from, credential_mounts, credential_volumes = _credentials(job)
+    mounts += claim_mounts + credential_mounts
+    volumes += claim_volumes + credential_volumes
     if job.base_claim and job.base_claim == _checkpoint_claim(job):
         # The base lives on this job's own checkpoint claim: mount that volume a second time,
         # read-only. A second volume of the same claim would be the same mount on a kubelet,
@@ -330,6 +357,8 @@ def node_pod(job: Job, index: int) -> Manifest:
     container = _container_base(job)
     container["command"] = node_command(job)
     container["env"] = env + list(template.env)
+    if env_from:
+        container["envFrom"] = env_from
     container["ports"] = [{"name": "metrics", "containerPort": naming.METRICS_PORT}]
     container["volumeMounts"] = mounts + list(template.volume_mounts)
     container["resources"] = _resources(job)

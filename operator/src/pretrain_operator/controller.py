@@ -147,8 +147,9 @@ class Controller:
 
         states = self._expected(meta["uid"], [pod_state(dict(p)) for p in pods])
         gone = dict(self._gone.get(meta["uid"], {}))
+        absent = await self._missing_secrets(job, states)
         result = plan(job, current, generation, states, now, await self._metrics(states), base,
-                      list(gone.values()))  # fmt: skip
+                      list(gone.values()), absent)  # fmt: skip
 
         by_name = {p.name: p for p in states}
         for pod in result.delete_pods:
@@ -215,6 +216,15 @@ class Controller:
                 checkpoint = f"{naming.BASE_MOUNT}/{checkpoint.split('/', 3)[3]}"
         return Job(kind, meta["name"], meta["namespace"], meta["uid"], spec,
                    self.settings.trainer_image, checkpoint, claim)  # fmt: skip
+
+    async def _missing_secrets(self, job: Job, pods: list[PodState]) -> list[str]:
+        """The secretRefs that name no Secret, checked while no node pod is active (pods are
+        about to be made; running ones hold what they read)."""
+        if any(p.role == naming.ROLE_NODE and p.active for p in pods):
+            return []
+        return [f"{field}: Secret {name} not found in namespace {job.namespace}"
+                for field, name in children.secret_refs(job.spec)
+                if not await kube.secret_exists(self.api, job.namespace, name)]  # fmt: skip
 
     async def _apply_static(self, job: Job) -> list[str]:
         """Create the long-lived children, or bring those that exist up to the spec (the

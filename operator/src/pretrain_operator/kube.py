@@ -139,6 +139,17 @@ async def read_job(api: Api, kind: Kind, namespace: str, name: str) -> dict[str,
     return body
 
 
+async def secret_exists(api: Api, namespace: str, name: str) -> bool:
+    """Whether the Secret is there; its data is read by the API call and dropped unseen."""
+    try:
+        await api.core.read_namespaced_secret(name, namespace)
+    except ApiException as error:
+        if error.status == 404:
+            return False
+        raise
+    return True
+
+
 async def write_status(
     api: Api, kind: Kind, namespace: str, name: str, status: dict[str, Any]
 ) -> None:

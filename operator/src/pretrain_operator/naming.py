@@ -16,6 +16,7 @@ METRICS_PORT = 9400
 CONFIG_MOUNT = "/etc/pretrain"
 CONFIG_FILE = "job.json"
 CHECKPOINT_MOUNT = "/checkpoints"
+CREDENTIALS_MOUNT = "/var/run/secrets/pretrain"  # a secretRef's files, under its name
 BASE_MOUNT = "/base"
 CLAIMS_MOUNT = "/mnt/pvc"  # pvc://CLAIM/path is read at CLAIMS_MOUNT/CLAIM/path
 TRAINER_CONTAINER = "trainer"

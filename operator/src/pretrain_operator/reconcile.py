@@ -30,6 +30,7 @@ from pretrain_operator.observe import BaseJobState, PodState, TrainerMetrics
 RUNNING, SUCCEEDED, FAILED, SUSPENDED, SCHEDULED, WAITING_FOR_BASE = (
     "Running", "Succeeded", "Failed", "Suspended", "Scheduled", "WaitingForBase",
 )  # fmt: skip
+WAITING_FOR_CREDENTIALS = "WaitingForCredentials"
 
 # Recreating failed node pods waits 10 s, doubling per consecutive failure up to 5 min, as a
 # Job's pod failure backoff and the kubelet's CrashLoopBackOff do. The delay is forgotten after
@@ -247,6 +248,29 @@ def _progress(status: JobStatus, metrics: TrainerMetrics | None, job: Job) -> No
         )
 
 
+def _waiting_for_credentials(
+    status: JobStatus, missing: Sequence[str], idle: bool, generation: int,
+    now: datetime.datetime, result: Plan,
+) -> bool:  # fmt: skip
+    """No pod starts while a Secret it would read is missing (it would sit in
+    CreateContainerConfigError): the job waits, saying which field names what."""
+    waiting = bool(missing) and idle
+    known = any(c.type == WAITING_FOR_CREDENTIALS for c in status.conditions)
+    if not waiting:
+        if known:
+            set_condition(status, WAITING_FOR_CREDENTIALS, False, "SecretsFound", "",
+                          generation, now)  # fmt: skip
+        return False
+    message = "; ".join(missing)
+    before = next((c for c in status.conditions if c.type == WAITING_FOR_CREDENTIALS), None)
+    if before is None or before.status != "True" or before.message != message:
+        result.events.append(Event("Warning", "SecretNotFound", message))
+    set_condition(status, WAITING_FOR_CREDENTIALS, True, "SecretNotFound", message, generation,
+                  now)  # fmt: skip
+    status.phase = Phase.PENDING
+    return True
+
+
 def checkpoint_root(job: Job) -> str:
     """Where the job's checkpoints are, as a URI others (a FinetuneJob) can resolve."""
     storage = job.spec.checkpoint.storage
@@ -267,9 +291,11 @@ def plan(
     metrics: TrainerMetrics | None = None,
     base: BaseJobState | None = None,
     gone: Sequence[PodState] = (),
+    missing_secrets: Sequence[str] = (),
 ) -> Plan:
     """`gone`: the last states of pods deleted since the last plan, as their deletion events
-    carried them (a pod evicted and deleted at once may never be seen terminating)."""
+    carried them (a pod evicted and deleted at once may never be seen terminating).
+    `missing_secrets`: what a secretRef names that is not there, one line per field."""
     status = current.model_copy(deep=True)
     status.observed_generation = generation
     status.selector = children.node_selector_string(job)
@@ -312,6 +338,8 @@ def plan(
         _summarise(status, node_pods, replicas.max, job)
         return result
     set_condition(status, SUSPENDED, False, "Resumed", "", generation, now)
+    if _waiting_for_credentials(status, missing_secrets, not active, generation, now, result):
+        return result
 
     # Pods started with other --nnodes bounds than spec.replicas says: a resize (see _resize).
     wanted = naming.replica_bounds(replicas.min, replicas.max)

@@ -147,6 +147,22 @@ class Training(ApiModel):
     )
 
 
+class SecretRef(ApiModel):
+    """A Secret in the job's namespace whose keys are the storage provider's standard variables
+    (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, AWS_REGION; or
+    GOOGLE_APPLICATION_CREDENTIALS with the key file it names): the node pods get them as
+    environment variables, and the Secret's files under /var/run/secrets/pretrain/NAME/. Without
+    one, the pods' ServiceAccount identity is used (workload identity)."""
+
+    name: str = Field(max_length=253, pattern=NAME_PATTERN, description="The Secret's name.")
+
+
+SECRET_REF_DESCRIPTION = (
+    "A Secret of the job's namespace holding the store's credentials as its standard variables; "
+    "without one, the pods' own identity (workload identity)."
+)
+
+
 class CheckpointStorage(ApiModel):
     """Where checkpoints go: a PersistentVolumeClaim (ReadWriteMany for multi-node jobs) or an
     object-store URI. Exactly one."""
@@ -176,6 +192,7 @@ class CheckpointStorage(ApiModel):
         pattern=r"^(s3|gs|file)://.+$",
         description="Object-store or local URI: s3://, gs:// or file://.",
     )
+    secret_ref: SecretRef | None = Field(None, description=SECRET_REF_DESCRIPTION)
 
 
 class Checkpoint(ApiModel):

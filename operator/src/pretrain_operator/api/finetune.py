@@ -8,7 +8,14 @@ from typing import Annotated
 from pydantic import Field
 
 from pretrain_operator.api.base import ApiModel, Rule
-from pretrain_operator.api.common import MAX_URI, NAME_PATTERN, URI_PATTERN, JobSpecBase
+from pretrain_operator.api.common import (
+    MAX_URI,
+    NAME_PATTERN,
+    SECRET_REF_DESCRIPTION,
+    URI_PATTERN,
+    JobSpecBase,
+    SecretRef,
+)
 from pretrain_operator.api.pretrain import DataFormat
 
 
@@ -131,6 +138,7 @@ class FinetuneData(ApiModel):
         0.1, ge=0, lt=0.5, description="Held out of train when no validation split is given."
     )
     sequence_length: int = Field(256, ge=8, le=1 << 17, description="Tokens per sample.")
+    secret_ref: SecretRef | None = Field(None, description=SECRET_REF_DESCRIPTION)
 
 
 class EvaluationMetric(StrEnum):

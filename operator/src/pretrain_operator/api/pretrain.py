@@ -8,7 +8,13 @@ from pydantic import Field
 from pydantic.alias_generators import to_snake
 
 from pretrain_operator.api.base import ApiModel, Rule
-from pretrain_operator.api.common import MAX_URI, URI_PATTERN, JobSpecBase
+from pretrain_operator.api.common import (
+    MAX_URI,
+    SECRET_REF_DESCRIPTION,
+    URI_PATTERN,
+    JobSpecBase,
+    SecretRef,
+)
 
 
 class ObjectiveType(StrEnum):
@@ -223,6 +229,7 @@ class Data(ApiModel):
     validation_fraction: float = Field(
         0.01, ge=0, lt=0.5, description="Share of samples held out for the validation loss."
     )
+    secret_ref: SecretRef | None = Field(None, description=SECRET_REF_DESCRIPTION)
 
 
 class PretrainJobSpec(JobSpecBase):
