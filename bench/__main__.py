@@ -59,6 +59,12 @@ def checkpointing(quick: bool) -> Report:
     return bench.measure(width=512, layers=2, runs=1) if quick else bench.measure()
 
 
+def checkpoint_s3(quick: bool) -> Report:
+    from bench import checkpoint_s3 as bench
+
+    return bench.measure(width=512, layers=2, runs=1) if quick else bench.measure()
+
+
 def recovery(quick: bool) -> Report:
     import os
 
@@ -82,6 +88,7 @@ BENCHMARKS: dict[str, Callable[[bool], Report]] = {
     "operator-scale": operator_scale,
     "recovery": recovery,
     "checkpointing": checkpointing,
+    "checkpoint-s3": checkpoint_s3,
 }
 
 

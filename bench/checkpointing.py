@@ -31,7 +31,7 @@ def state(width: int, layers: int) -> tuple[nn.Module, torch.optim.Optimizer]:
     return model, optimizer
 
 
-def save_once(root: Path, background: bool, model: nn.Module,
+def save_once(root: Path | str, background: bool, model: nn.Module,
               optimizer: torch.optim.Optimizer) -> tuple[float, float]:  # fmt: skip
     """(seconds the caller was blocked, seconds until the checkpoint was committed)."""
     committed: list[float] = []

@@ -49,6 +49,17 @@ def test_operator_benchmark_runs_ours_and_the_floor() -> None:
     assert "ours/floor time to Running" in report["ratios"]["2"]
 
 
+def test_s3_checkpoint_benchmark_compares_with_a_plain_put() -> None:
+    from bench.checkpoint_s3 import measure
+
+    report = measure(width=256, layers=2, runs=1)
+    assert all(seconds > 0 for seconds in report["commit_seconds"].values())  # both committed
+    assert report["plain_put_seconds"] > 0
+    assert report["ratio"] == pytest.approx(
+        report["commit_seconds"]["sync"] / report["plain_put_seconds"]
+    )
+
+
 def test_checkpoint_benchmark_times_both_ways_of_saving() -> None:
     from bench.checkpointing import measure
 
