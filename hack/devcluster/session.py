@@ -48,8 +48,10 @@ class ClusterSession:
         configuration.host = admin.host
         configuration.ssl_ca_cert = admin.ssl_ca_cert
         configuration.verify_ssl = admin.verify_ssl
-        configuration.api_key = {"authorization": token}
-        configuration.api_key_prefix = {"authorization": "Bearer"}
+        # The key is the auth scheme's name (BearerToken), not the header's: under any other key
+        # the client sends no token at all, and every request is anonymous.
+        configuration.api_key = {"BearerToken": token}
+        configuration.api_key_prefix = {"BearerToken": "Bearer"}
         return client.ApiClient(configuration)
 
     @property
