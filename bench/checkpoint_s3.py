@@ -32,7 +32,8 @@ def measure(width: int = 2048, layers: int = 12, runs: int = 3) -> dict[str, Any
     with tempfile.TemporaryDirectory(prefix="bench-checkpoint-s3-") as work:
         store = ObjectStore(Path(work) / "store")
         server = store.start()
-        os.environ.update(environment(server))
+        saved = dict(os.environ)
+        os.environ.update(environment(server))  # where the trainer's s3fs finds the server
         s3fs.S3FileSystem.clear_instance_cache()
         s3 = s3fs.S3FileSystem()
         try:
@@ -51,6 +52,9 @@ def measure(width: int = 2048, layers: int = 12, runs: int = 3) -> dict[str, Any
                 plain.append(time.perf_counter() - started)
         finally:
             store.stop()
+            os.environ.clear()
+            os.environ.update(saved)
+            s3fs.S3FileSystem.clear_instance_cache()
     blocked = {side: median([b for b, _ in pairs]) for side, pairs in times.items()}
     committed = {side: median([c for _, c in pairs]) for side, pairs in times.items()}
     put = median(plain)

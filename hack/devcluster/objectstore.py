@@ -8,6 +8,7 @@ one of their own.
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import signal
 import time
@@ -141,7 +142,11 @@ class ObjectStore:
         self._config.chmod(0o600)
         command = mini_command(weed, state, self.directory / "data", self._config)
         state = ObjectStoreState(**{**asdict(state), "pid": 0})
-        state.pid = processes.launch(command, self.log, self.directory)
+        # SeaweedFS takes AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY from its environment as an
+        # identity of its own, over its configuration: a client's variables (another server's,
+        # say) must not reach it, or it refuses its own credentials (403).
+        clean = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+        state.pid = processes.launch(command, self.log, self.directory, clean)
         self._state_file.write_text(json.dumps(asdict(state), indent=2))
         self._state_file.chmod(0o600)
         deadline = time.monotonic() + timeout

@@ -61,3 +61,19 @@ def test_storage_up_serves_a_bucket_with_enforced_credentials_until_down(tmp_pat
     assert stopped.returncode == 0, stopped.stderr
     assert not ObjectStore(directory).running()
     assert not (directory / "env").exists()
+
+
+def test_a_clients_aws_variables_do_not_reach_the_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SeaweedFS would take AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY from its environment as an
+    identity over its configuration, and refuse its own credentials; a starter that holds another
+    server's variables (a benchmark's, a test's) must still get a server that serves."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "someone-else")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "another-servers-secret")
+    store = ObjectStore(tmp_path / "store")
+    try:
+        state = store.start(timeout=60)  # serves its bucket to its own credentials
+        assert state.secret_key != "another-servers-secret"
+    finally:
+        store.stop()

@@ -12,11 +12,11 @@ import time
 from pathlib import Path
 
 
-def launch(command: list[str], log: Path, cwd: Path) -> int:
+def launch(command: list[str], log: Path, cwd: Path, env: dict[str, str] | None = None) -> int:
     """Start `command` in a session of its own (it outlives its starter), logging to `log`."""
     with log.open("ab") as handle:
         process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=handle,
-                                   stderr=subprocess.STDOUT, cwd=cwd,
+                                   stderr=subprocess.STDOUT, cwd=cwd, env=env,
                                    start_new_session=True)  # fmt: skip
     return process.pid
 
