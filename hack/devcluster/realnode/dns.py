@@ -81,10 +81,13 @@ class ClusterDns:
                     return self.address
                 time.sleep(0.2)
             processes.reap(self.pid)
-            # Its address was once found unbindable at the first start after other runs had
-            # gone (EADDRNOTAVAIL, cause unknown): put it back and try again, twice at most.
+            # Its address has been found unbindable at the first start after other runs had
+            # gone, though listed on the bridge (EADDRNOTAVAIL, cause unknown; seen again
+            # 2026-12-03 with the address left by a killed run): make it afresh and try again,
+            # twice at most.
             if "cannot assign requested address" not in log.read_text() or attempt == 3:
                 break
+            network.remove_address(self.address)
             network.add_address(self.address)
         self.stop()
         raise RuntimeError(f"CoreDNS did not start; see {log}:\n{log.read_text()[-2000:]}")
