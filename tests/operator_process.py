@@ -55,7 +55,8 @@ def token_kubeconfig(cluster: ClusterSession, token: str, path: Path) -> Path:
 class OperatorProcess:
     kubeconfig: Path
     log: Path
-    resync_seconds: float = 2.0
+    progress_seconds: float = 2.0  # the tests watch progress closer than users need to
+    leader_elect: bool = False
     trainer_image: str = ""  # the node pods' image; empty: the operator's default
     metrics_port: int = field(default_factory=free_port)
     health_port: int = field(default_factory=free_port)
@@ -67,7 +68,9 @@ class OperatorProcess:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "pretrain_operator",
                  f"--metrics-port={self.metrics_port}", f"--health-port={self.health_port}",
-                 f"--resync-seconds={self.resync_seconds}",
+                 f"--progress-seconds={self.progress_seconds}",
+                 *(["--leader-elect", f"--leader-election-namespace={NAMESPACE}"]
+                   if self.leader_elect else []),
                  *([f"--trainer-image={self.trainer_image}"] if self.trainer_image else [])],
                 env=env, stdout=log, stderr=subprocess.STDOUT,
             )  # fmt: skip

@@ -89,7 +89,7 @@ def _operator(
     log = stack.enter_context(log_path.open("ab"))
     process = subprocess.Popen(
         [sys.executable, "-m", "pretrain_operator", f"--metrics-port={free_port()}",
-         f"--health-port={free_port()}", "--resync-seconds=2", f"--trainer-image={image}"],
+         f"--health-port={free_port()}", "--progress-seconds=2", f"--trainer-image={image}"],
         env={**os.environ, "KUBECONFIG": str(session.kubeconfig)},
         stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kubernetes import client
+from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
 from api_cases import pretrain_job
@@ -591,3 +591,101 @@ def test_a_missing_secret_is_a_condition_and_no_secret_value_leaves_the_secret(
             *(json.dumps(cm.data) for cm in config_maps), operator.log.read_text(),
             json.dumps(client.ApiClient().sanitize_for_serialization(pod))]  # fmt: skip
     assert not [text for text in said if secret_value in text]
+
+
+def leads(process: OperatorProcess) -> bool:
+    return 'pretrain_operator_leader_election_master_status{name="pretrain-operator"} 1.0' in (
+        process.metrics()
+    )
+
+
+def test_a_standby_takes_over_from_a_killed_leader_and_nothing_is_done_twice(
+    jobs: Jobs, node_pool: NodePool, operator: OperatorProcess, tmp_path: Path
+) -> None:
+    """Two operators with leader election; the leader is SIGKILLed while jobs are created."""
+    operator.stop()  # the session's operator runs without election: it waits meanwhile
+    pair = [OperatorProcess(operator.kubeconfig, tmp_path / f"{name}.log", leader_elect=True,
+                            trainer_image=operator.trainer_image)
+            for name in ("first", "second")]  # fmt: skip
+    added: dict[str, int] = {}
+    watcher = watch.Watch()
+
+    def count_creations() -> None:  # every pod creation, from the API server's own stream
+        for event in watcher.stream(jobs.core.list_namespaced_pod, jobs.namespace,
+                                    timeout_seconds=600):  # fmt: skip
+            if event["type"] == "ADDED":
+                name = event["object"].metadata.name
+                added[name] = added.get(name, 0) + 1
+
+    try:
+        first, second = pair
+        first.start()
+        wait_until(lambda: leads(first), "the first operator to lead")
+        second.start()
+        node_pool.add(NodeShape(gpus=8))
+        small: dict[str, Any] = {
+            "resources": {"accelerator": {"type": "nvidia.com/gpu", "count": 1}}
+        }
+        counter = threading.Thread(target=count_creations, daemon=True)
+        counter.start()
+        for index in range(3):
+            jobs.create(pretrain_job(f"ha-{index}", node_pool, **small))
+        assert not leads(second)  # a standby does nothing
+        wait_until(lambda: len(jobs.pods("ha-0")) == 2, "the leader at work")
+        first.stop(kill=True)
+        killed = time.monotonic()
+        for index in range(3, 6):
+            jobs.create(pretrain_job(f"ha-{index}", node_pool, **small))
+        wait_until(lambda: leads(second), "the standby to take over", timeout=30)
+        took_over = time.monotonic() - killed
+        assert took_over < 20, f"took over after {took_over:.1f} s"
+        for index in range(6):
+            jobs.wait_phase(f"ha-{index}", "Running")
+            status = jobs.status(f"ha-{index}")
+            assert status.get("restarts", 0) == 0, status  # a takeover is no failure of a job
+            assert status.get("disruptions", 0) == 0, status
+        time.sleep(2)  # the counter's stream catches up
+        twice = {name: n for name, n in added.items() if n > 1}
+        assert not twice, f"created more than once: {twice}"
+        assert len(added) == 12  # a node pod and a rendezvous per job
+    finally:
+        watcher.stop()
+        for process in pair:
+            process.stop()
+        operator.start()
+
+
+def reconciles(operator: OperatorProcess) -> float:
+    prefix = 'pretrain_operator_reconcile_duration_seconds_count{kind="PretrainJob"} '
+    line = next(li for li in operator.metrics().splitlines() if li.startswith(prefix))
+    return float(line.removeprefix(prefix))
+
+
+def test_running_jobs_where_nothing_changes_get_no_status_write(
+    jobs: Jobs, node_pool: NodePool, operator: OperatorProcess
+) -> None:
+    """kwok's pods serve no trainer metrics: once Running, nothing about these jobs changes, so
+    the operator looks at them once per progress interval and writes nothing."""
+    node_pool.add(NodeShape(gpus=8))
+    small: dict[str, Any] = {"resources": {"accelerator": {"type": "nvidia.com/gpu", "count": 1}}}
+    names = [f"quiet-{index}" for index in range(4)]
+    for name in names:
+        jobs.create(pretrain_job(name, node_pool, **small))
+    for name in names:
+        jobs.wait_phase(name, "Running")
+    time.sleep(2)  # the last writes on the way to Running land
+    listed = jobs.api.list_namespaced_custom_object(GROUP, VERSION, jobs.namespace, "pretrainjobs")
+    looked = reconciles(operator)
+    writes = []
+    window = 12
+    for event in watch.Watch().stream(
+        jobs.api.list_namespaced_custom_object, GROUP, VERSION, jobs.namespace, "pretrainjobs",
+        resource_version=listed["metadata"]["resourceVersion"], timeout_seconds=window,
+    ):  # fmt: skip
+        writes.append(event["type"])
+    looked = reconciles(operator) - looked
+    assert writes == []  # not one PATCH of status (nor anything else) in 12 s
+    # The counter is the operator's: earlier tests' jobs (their namespaces going) count too.
+    everywhere = jobs.api.list_cluster_custom_object(GROUP, VERSION, "pretrainjobs")["items"]
+    interval = operator.progress_seconds
+    assert looked <= len(everywhere) * (window / interval + 1)  # the progress looks, no more

@@ -215,9 +215,43 @@ def test_success_then_ttl() -> None:
     assert done.status.completion_time == "2026-11-27T12:00:00Z"
     assert "j-node-1" in done.delete_pods
     assert not done.delete_job
-    assert not plan(job, done.status, 1, [], NOW + datetime.timedelta(seconds=59)).delete_job
+    waiting = plan(job, done.status, 1, [], NOW + datetime.timedelta(seconds=59))
+    assert not waiting.delete_job
+    assert waiting.requeue_after == 1  # comes back when the TTL expires, not on a timer
     later = plan(job, done.status, 1, [], NOW + datetime.timedelta(seconds=61))
     assert later.delete_job
+
+
+def test_a_finished_job_without_a_ttl_asks_for_no_further_look() -> None:
+    done = plan(pretrain(), JobStatus(), 1, [node(0, "Succeeded", False), rendezvous()], NOW)
+    assert plan(pretrain(), done.status, 1, [], seconds(30)).requeue_after is None
+
+
+def test_a_spec_the_models_refuse_fails_the_job_naming_the_field_once() -> None:
+    from pydantic import ValidationError
+
+    from pretrain_operator.reconcile import invalid_spec
+
+    with pytest.raises(ValidationError) as refused:
+        PretrainJobSpec.model_validate(
+            {**pretrain().spec.model_dump(by_alias=True), "objective": {"type": "Telepathy"}}
+        )
+    failed = invalid_spec(JobStatus(), 3, refused.value, NOW)
+    assert failed.status.phase == Phase.FAILED
+    condition = next(c for c in failed.status.conditions if c.type == "Failed")
+    assert condition.reason == "InvalidSpec"
+    assert condition.message.startswith("spec.objective")
+    assert condition.observed_generation == 3
+    assert [e.reason for e in failed.events] == ["InvalidSpec"]
+    assert invalid_spec(failed.status, 3, refused.value, seconds(5)).events == []  # said once
+
+
+def test_a_missing_optional_api_is_a_condition_and_the_job_trains_on() -> None:
+    missing = ["spec.scheduling: scheduling.x-k8s.io/v1alpha1 PodGroup is not served; install it"]
+    result = plan(pretrain(), JobStatus(), 1, [], NOW, missing_apis=missing)
+    condition = next(c for c in result.status.conditions if c.type == "OptionalChildMissing")
+    assert (condition.status, condition.message) == ("True", missing[0])
+    assert len(result.create) == 5
 
 
 def finetune(base: dict[str, Any]) -> Job:
@@ -814,7 +848,8 @@ def test_a_missing_secret_holds_the_pods_back_naming_the_field() -> None:
         "True", "SecretNotFound", missing[0])  # fmt: skip
     assert [e.reason for e in waiting.events] == ["SecretNotFound"]
     again = plan(credentialed(), waiting.status, 1, [], seconds(5), missing_secrets=missing)
-    assert again.events == []  # said once, not at every resync
+    assert again.events == []  # said once, not at every look
+    assert again.requeue_after == 10  # Secrets are not watched: it looks again by itself
 
     found = plan(credentialed(), again.status, 1, [], seconds(10))
     assert len(found.create) == 5  # the rendezvous and replicas.max node pods

@@ -1,15 +1,15 @@
 """Executes reconcile plans: reads what the indexes observed, asks `reconcile.plan` what to do,
 does it through `kube`, and records status, events and operator metrics. Never raises: any
-failure becomes a `ReconcileFailed` condition and the next resync tries again."""
+failure becomes a `ReconcileFailed` condition and a retry with a growing delay.
+
+What it remembers of a job between reconciles is one `JobRecord`, dropped with the job."""
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import datetime
 import logging
 import time
-from collections import defaultdict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,10 +17,9 @@ from typing import Any
 from pydantic import ValidationError
 
 from pretrain_operator import children, kube, metrics, naming
-from pretrain_operator.api import FinetuneJobSpec, JobStatus, Kind, Phase
+from pretrain_operator.api import JobStatus, Kind, Phase
 from pretrain_operator.children import Job
 from pretrain_operator.observe import (
-    BaseJobState,
     PodState,
     TrainerMetrics,
     base_job_state,
@@ -28,9 +27,10 @@ from pretrain_operator.observe import (
     pod_state,
     with_saved_checkpoints,
 )
-from pretrain_operator.reconcile import FAILED, Event, plan, resolve_base, set_condition
+from pretrain_operator.reconcile import Event, Plan, invalid_spec, job_of, plan, set_condition
+from pretrain_operator.workqueue import Outcome
 
-EventPoster = Callable[[Mapping[str, Any], str, str, str], None]
+EventPoster = Callable[[dict[str, Any], str, str, str], Awaitable[None]]
 CREATION_EXPECTATION_SECONDS = 60.0  # a pod we created and never saw is presumed gone after this
 
 
@@ -40,11 +40,34 @@ class Settings:
 
     trainer_image: str = "pretrain-operator/trainer:0.1.0"
     """Image of the node pods unless a job's spec.template.image says otherwise."""
-    resync_seconds: float = 5.0
-    """How often every job is reconciled even when nothing was observed to change."""
+    progress_seconds: float = 30.0
+    """How often a Running job's trainer is scraped for status.progress (and status written)."""
+    workers: int = 4
+    """Reconciles running at once (never two of one job)."""
 
 
 SETTINGS = Settings()  # `python -m pretrain_operator` fills it from its flags before start
+
+
+@dataclass
+class JobRecord:
+    """What the controller remembers of one job between reconciles."""
+
+    generation: int = 0  # of the last reconcile
+    static_generation: int | None = None  # whose static children were applied
+    missing_apis: list[str] = field(default_factory=list)
+    phase: str = ""  # as counted in the jobs-by-phase gauge
+    # Watches lag behind our own writes. Like controller-runtime's expectations, remember what we
+    # did until the indexes show it, so a lagging view never double-counts a restart.
+    written: JobStatus | None = None  # the status the last plan made (the next one's start)
+    written_wire: dict[str, Any] | None = None  # what is on the job since our last write
+    created: dict[str, tuple[str, float]] = field(default_factory=dict)  # pod -> (uid, when)
+    deleted: set[str] = field(default_factory=set)  # pod uids
+    # Disrupted pods as their deletion event last showed them, until a plan has seen them: a
+    # pod evicted and deleted within one watch batch is never in the index as terminating.
+    gone: dict[str, PodState] = field(default_factory=dict)  # pod uid -> last state
+    pods: dict[str, PodState] = field(default_factory=dict)  # pod uid -> as last seen
+    scraped_at: float | None = None  # monotonic time of the last progress scrape
 
 
 @dataclass
@@ -53,26 +76,7 @@ class Controller:
     settings: Settings
     post_event: EventPoster
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("pretrain_operator"))
-    _locks: defaultdict[str, asyncio.Lock] = field(
-        default_factory=lambda: defaultdict(asyncio.Lock)
-    )
-    _static_applied: dict[str, int] = field(default_factory=dict)  # uid -> generation
-    _seen_phase: dict[str, str] = field(default_factory=dict)  # uid -> phase, for metrics
-    _missing_apis: dict[str, list[str]] = field(default_factory=dict)  # uid -> messages
-    # Watches lag behind our own writes. Like controller-runtime's expectations, remember what we
-    # did until the indexes show it, so a lagging view never double-counts a restart.
-    _written: dict[str, JobStatus] = field(default_factory=dict)  # job uid -> status we wrote
-    _created: dict[str, dict[str, tuple[str, float]]] = field(
-        default_factory=lambda: defaultdict(dict)
-    )  # job uid -> pod name -> (pod uid, when)
-    _deleted: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))  # pod uids
-    # Disrupted pods as their deletion event last showed them, until a plan has seen them: a
-    # pod evicted and deleted within one watch batch is never in the index as terminating.
-    _gone: defaultdict[str, dict[str, PodState]] = field(
-        default_factory=lambda: defaultdict(dict)
-    )  # job uid -> pod uid -> last state
-    _wake_ups: dict[str, asyncio.TimerHandle] = field(default_factory=dict)  # job uid -> timer
-    _wake_up_tasks: set[asyncio.Future[None]] = field(default_factory=set)  # keep them referenced
+    records: dict[str, JobRecord] = field(default_factory=dict)  # job uid -> record
 
     async def reconcile(
         self,
@@ -80,46 +84,53 @@ class Controller:
         body: Mapping[str, Any],
         pods: Sequence[Mapping[str, Any]],
         base: Mapping[str, Any] | None = None,
-    ) -> float | None:
-        """Reconcile one job; return in how many seconds it wants another look by itself (a
-        backoff ends), None when only a change or the resync needs to bring it back."""
-        uid = body["metadata"]["uid"]
-        async with self._locks[uid]:
-            with metrics.RECONCILE_SECONDS.labels(kind.kind).time():
-                try:
-                    return await self._reconcile(kind, body, pods, base)
-                except Exception as error:  # the operator must survive any input
-                    if kube.namespace_terminating(error):
-                        return None
-                    metrics.RECONCILE_ERRORS.labels(kind.kind).inc()
-                    self.logger.exception("reconcile of %s failed", body["metadata"]["name"])
-                    await self._record_failure(kind, body, error)
-                    return None
+    ) -> Outcome:
+        """Reconcile one job (the queue runs one at a time per job); the outcome says when it
+        wants another look by itself, or that it failed and should be retried."""
+        with metrics.RECONCILE_SECONDS.labels(kind.kind).time():
+            try:
+                return Outcome(requeue_after=await self._reconcile(kind, body, pods, base))
+            except Exception as error:  # the operator must survive any input
+                if kube.namespace_terminating(error):
+                    return Outcome()
+                metrics.RECONCILE_ERRORS.labels(kind.kind).inc()
+                self.logger.exception("reconcile of %s failed", body["metadata"]["name"])
+                await self._record_failure(kind, body, error)
+                return Outcome(failed=True)
 
-    def pod_deleted(self, job_uid: str, pod: Mapping[str, Any]) -> None:
-        """A child pod's deletion event: keep its last state for the next plan if it was
-        disrupted (the one thing about a vanished pod the plan cannot see otherwise)."""
+    def job_changed(self, body: Mapping[str, Any]) -> bool:
+        """Whether a watch event of a job needs a reconcile: not the echo of our own status
+        write (the same generation, the status we wrote), which is most of them."""
+        meta = body["metadata"]
+        record = self.records.get(meta["uid"])
+        return (
+            record is None
+            or meta.get("generation", 1) != record.generation
+            or bool(meta.get("deletionTimestamp"))
+            or body.get("status") != record.written_wire
+        )
+
+    def pod_changed(self, job_uid: str, event: str, pod: Mapping[str, Any]) -> bool:
+        """Whether a child pod's watch event changes what a plan sees (most do not: a new
+        resourceVersion, a kubelet heartbeat on a condition). A deletion that was a disruption
+        keeps the pod's last state for the next plan (the one thing about a vanished pod the
+        plan cannot see otherwise)."""
         try:
             state = pod_state(dict(pod))
         except (KeyError, TypeError, ValueError):
-            return  # not a pod we can read; it counts as lost, as before
-        if state.disrupted:
-            self._gone[job_uid][state.uid] = state
-
-    def wake_up_later(self, uid: str, delay: float, wake: Callable[[], Awaitable[None]]) -> None:
-        """Run `wake` (a reconcile of job `uid`) in `delay` seconds, so that a backoff ends on
-        time rather than at the next resync; one pending wake-up per job, the latest wins."""
-        pending = self._wake_ups.pop(uid, None)
-        if pending is not None:
-            pending.cancel()
-
-        def fire() -> None:
-            self._wake_ups.pop(uid, None)
-            task = asyncio.ensure_future(wake())
-            self._wake_up_tasks.add(task)
-            task.add_done_callback(self._wake_up_tasks.discard)
-
-        self._wake_ups[uid] = asyncio.get_running_loop().call_later(max(delay, 0.0), fire)
+            return True  # not a pod we can read; it counts as lost, as before
+        record = self.records.get(job_uid)
+        if record is None:
+            return True
+        if event == "DELETED":
+            record.pods.pop(state.uid, None)
+            if state.disrupted:
+                record.gone[state.uid] = state
+            return True
+        if record.pods.get(state.uid) == state:
+            return False
+        record.pods[state.uid] = state
+        return True
 
     async def _reconcile(
         self,
@@ -129,62 +140,87 @@ class Controller:
         base_body: Mapping[str, Any] | None,
     ) -> float | None:
         meta = body["metadata"]
-        namespace, name, generation = meta["namespace"], meta["name"], meta.get("generation", 1)
+        generation = meta.get("generation", 1)
+        record = self.records.setdefault(meta["uid"], JobRecord())
+        record.generation = generation
         now = datetime.datetime.now(datetime.UTC)
         # We are the only writer of status: our last write is newer than a lagging watch.
-        current = self._written.get(meta["uid"]) or _status(body)
+        current = record.written or _status(body)
         try:
             spec = kind.spec.model_validate(body.get("spec") or {})
         except ValidationError as error:
-            await self._invalid_spec(kind, body, current, generation, error, now)
+            await self._execute(kind, body, record, invalid_spec(current, generation, error, now))
             return None
 
         base = base_job_state(dict(base_body)) if base_body is not None else None
-        job = self._job(kind, body, spec, base)
-        if self._static_applied.get(meta["uid"]) != generation:
-            self._missing_apis[meta["uid"]] = await self._apply_static(job)
-            self._static_applied[meta["uid"]] = generation
+        job = job_of(kind, body, spec, base, self.settings.trainer_image)
+        if record.static_generation != generation:
+            record.missing_apis = await self._apply_static(job)
+            record.static_generation = generation
 
-        states = self._expected(meta["uid"], [pod_state(dict(p)) for p in pods])
-        gone = dict(self._gone.get(meta["uid"], {}))
+        states = self._expected(record, [pod_state(dict(p)) for p in pods])
+        gone = dict(record.gone)
         absent = await self._missing_secrets(job, states)
-        result = plan(job, current, generation, states, now, await self._metrics(states), base,
-                      list(gone.values()), absent)  # fmt: skip
+        scraped = await self._metrics(record, states)
+        result = plan(job, current, generation, states, now, scraped, base, list(gone.values()),
+                      absent, record.missing_apis)  # fmt: skip
+        await self._execute(kind, body, record, result, {p.name: p for p in states})
+        for pod_uid in gone:  # recorded in the status now written
+            record.gone.pop(pod_uid, None)
+        return _earliest(result.requeue_after, self._next_look(record, result.status))
 
-        by_name = {p.name: p for p in states}
+    async def _execute(
+        self,
+        kind: Kind,
+        body: Mapping[str, Any],
+        record: JobRecord,
+        result: Plan,
+        pods: Mapping[str, PodState] | None = None,
+    ) -> None:
+        """Do what the plan says; write the status only when it differs from the last written
+        (so a job where nothing changes costs no write at all)."""
+        meta = body["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
         for pod in result.delete_pods:
             await kube.delete_pod(self.api, namespace, pod)
-            self._deleted[meta["uid"]].add(by_name[pod].uid)
+            if pods and pod in pods:
+                record.deleted.add(pods[pod].uid)
             metrics.PODS_DELETED.labels(kind.kind).inc()
         for manifest in result.create:
             created = await kube.create(self.api, manifest)
             if created is None:
                 continue
             metrics.PODS_CREATED.labels(kind.kind).inc()
-            self._created[meta["uid"]][manifest["metadata"]["name"]] = (created, time.monotonic())
+            record.created[manifest["metadata"]["name"]] = (created, time.monotonic())
             index = manifest["metadata"]["labels"].get(naming.LABEL_NODE_INDEX)
-            if index is not None:
+            if index is not None:  # the uid exists only now: the plan cannot know it
                 result.status.pod_uids[index] = created
-        for missing in self._missing_apis.get(meta["uid"], []):
-            set_condition(result.status, "OptionalChildMissing", True, "ApiNotInstalled",
-                          missing, generation, now)  # fmt: skip
-        self._observe(kind, body, current, result.status)
+        self._observe(kind, body, record, record.written or _status(body), result.status)
         for event in result.events:
-            self._post(body, event)
-        new_status = result.status.wire()
-        if new_status != body.get("status") or current is not self._written.get(meta["uid"]):
-            await kube.write_status(self.api, kind, namespace, name, new_status)
-        self._written[meta["uid"]] = result.status
-        for pod_uid in gone:  # recorded in the status now written
-            self._gone[meta["uid"]].pop(pod_uid, None)
+            await self._post(body, event)
+        wire = result.status.wire()
+        last = record.written_wire if record.written_wire is not None else body.get("status")
+        if wire != last:
+            await kube.write_status(self.api, kind, namespace, name, wire)
+        record.written, record.written_wire = result.status, wire
         if result.delete_job:
             self.logger.info("deleting %s/%s: ttlSecondsAfterFinished passed", namespace, name)
             await kube.delete_job(self.api, kind, namespace, name)
-        return result.requeue_after
 
-    def _expected(self, job_uid: str, observed: list[PodState]) -> list[PodState]:
+    def _next_look(self, record: JobRecord, status: JobStatus) -> float | None:
+        """When the controller itself wants to look again (the plan's own reasons aside): the
+        next progress scrape of a Running job; a pod it created that no watch event has shown
+        yet (presumed gone once its expectation expires)."""
+        now = time.monotonic()
+        looks = [CREATION_EXPECTATION_SECONDS - (now - when) for _, when in record.created.values()]
+        if status.phase == Phase.RUNNING:
+            since = now - record.scraped_at if record.scraped_at is not None else 0.0
+            looks.append(self.settings.progress_seconds - since)
+        return min((max(look, 0.0) for look in looks), default=None)
+
+    def _expected(self, record: JobRecord, observed: list[PodState]) -> list[PodState]:
         """Observed pods, corrected for our own creations and deletions not yet seen."""
-        created, deleted = self._created[job_uid], self._deleted[job_uid]
+        created, deleted = record.created, record.deleted
         seen_uids = {p.uid for p in observed}
         deleted &= seen_uids  # forget deletions the index has caught up with
         states = [dataclasses.replace(p, deleting=True) if p.uid in deleted else p
@@ -198,24 +234,6 @@ class Controller:
             index = int(pod_name.rsplit("-", 1)[1]) if role == naming.ROLE_NODE else None
             states.append(PodState(pod_name, uid, role, index, "Pending", False, False))
         return states
-
-    def _job(
-        self,
-        kind: Kind,
-        body: Mapping[str, Any],
-        spec: Any,
-        base: BaseJobState | None,
-    ) -> Job:
-        meta = body["metadata"]
-        checkpoint, claim = "", ""
-        if isinstance(spec, FinetuneJobSpec):
-            checkpoint, _, _ = resolve_base(spec, base, meta["namespace"])
-            if base is not None and spec.base.pretrain_job and checkpoint.startswith("pvc://"):
-                claim = base.claim
-                # pvc://CLAIM/path/step-N is mounted read-only at /base/path/step-N.
-                checkpoint = f"{naming.BASE_MOUNT}/{checkpoint.split('/', 3)[3]}"
-        return Job(kind, meta["name"], meta["namespace"], meta["uid"], spec,
-                   self.settings.trainer_image, checkpoint, claim)  # fmt: skip
 
     async def _missing_secrets(self, job: Job, pods: list[PodState]) -> list[str]:
         """The secretRefs that name no Secret, checked while no node pod is active (pods are
@@ -241,11 +259,11 @@ class Controller:
                 missing.append(f"spec.scheduling: {error}; install it or turn the option off")
         return missing
 
-    async def _metrics(self, pods: list[PodState]) -> TrainerMetrics | None:
+    async def _metrics(self, record: JobRecord, pods: list[PodState]) -> TrainerMetrics | None:
         """A finished worker's final values (its termination message: a last scrape may be a
-        checkpoint behind), else the first ready node pod's endpoint (step and loss are global,
-        any rank reports them), with the checkpoint that pods stopped by SIGTERM saved (their
-        termination messages say which step)."""
+        checkpoint behind), else, once per progress interval, the first ready node pod's
+        endpoint (step and loss are global, any rank reports them), with the checkpoint that
+        pods stopped by SIGTERM saved (their termination messages say which step)."""
         nodes = [p for p in pods if p.role == naming.ROLE_NODE and p.message]
         reports = [parse_metrics(p.message) for p in nodes if p.exit_code == 0]
         final = next((r for r in reports if r.step is not None), None)
@@ -257,33 +275,23 @@ class Controller:
             (p for p in pods if p.role == naming.ROLE_NODE and p.ready and p.ip),
             key=lambda p: p.index or 0,
         )
-        text = await kube.scrape_metrics(self.api, ready[0].ip) if ready else None
-        live = parse_metrics(text) if text is not None else None
+        now = time.monotonic()
+        live = None
+        if not ready:
+            record.scraped_at = None  # the first pod to be ready is scraped at once
+        elif record.scraped_at is None or now - record.scraped_at >= self.settings.progress_seconds:
+            record.scraped_at = now
+            text = await kube.scrape_metrics(self.api, ready[0].ip)
+            live = parse_metrics(text) if text is not None else None
         return with_saved_checkpoints(live, stopped)
-
-    async def _invalid_spec(
-        self,
-        kind: Kind,
-        body: Mapping[str, Any],
-        status: JobStatus,
-        generation: int,
-        error: ValidationError,
-        now: datetime.datetime,
-    ) -> None:
-        """A spec the API server let through but the models refuse (say, CRDs out of date)."""
-        first = error.errors()[0]
-        where = "spec." + ".".join(str(part) for part in first["loc"])
-        message = f"{where}: {first['msg']}"
-        status.phase = Phase.FAILED
-        set_condition(status, FAILED, True, "InvalidSpec", message, generation, now)
-        self._post(body, Event("Warning", "InvalidSpec", message))
-        meta = body["metadata"]
-        await kube.write_status(self.api, kind, meta["namespace"], meta["name"], status.wire())
 
     async def _record_failure(self, kind: Kind, body: Mapping[str, Any], error: Exception) -> None:
         """Say on the job why reconciling failed; if even that fails, the log has it."""
         meta = body["metadata"]
-        status = _status(body)
+        record = self.records.get(meta["uid"])
+        status = (record.written if record and record.written else _status(body)).model_copy(
+            deep=True
+        )  # the next plan starts from record.written again: a success drops the condition
         set_condition(status, "ReconcileFailed", True, type(error).__name__,
                       str(error)[:1024], meta.get("generation", 1),
                       datetime.datetime.now(datetime.UTC))  # fmt: skip
@@ -291,24 +299,30 @@ class Controller:
             await kube.write_status(self.api, kind, meta["namespace"], meta["name"], status.wire())
         except Exception:
             self.logger.exception("could not record the failure on %s", meta["name"])
+            return
+        if record is not None:
+            record.written_wire = status.wire()
 
-    def _post(self, body: Mapping[str, Any], event: Event) -> None:
+    async def _post(self, body: Mapping[str, Any], event: Event) -> None:
         try:
-            self.post_event(body, event.type, event.reason, event.message)
+            await self.post_event(dict(body), event.type, event.reason, event.message)
         except Exception:
             self.logger.exception("could not post event %s", event.reason)
 
     def _observe(
-        self, kind: Kind, body: Mapping[str, Any], before: JobStatus, after: JobStatus
+        self,
+        kind: Kind,
+        body: Mapping[str, Any],
+        record: JobRecord,
+        before: JobStatus,
+        after: JobStatus,
     ) -> None:
         """Operator metrics: jobs by phase, restarts, disruptions, resizes, time to Running."""
-        uid = body["metadata"]["uid"]
-        old_phase = self._seen_phase.get(uid)
-        if old_phase != after.phase.value:
-            if old_phase:
-                metrics.JOBS.labels(kind.kind, old_phase).dec()
+        if record.phase != after.phase.value:
+            if record.phase:
+                metrics.JOBS.labels(kind.kind, record.phase).dec()
             metrics.JOBS.labels(kind.kind, after.phase.value).inc()
-            self._seen_phase[uid] = after.phase.value
+            record.phase = after.phase.value
         if after.restarts > before.restarts:
             metrics.RESTARTS.labels(kind.kind).inc(after.restarts - before.restarts)
         if after.disruptions > before.disruptions:
@@ -324,19 +338,13 @@ class Controller:
 
     def forget(self, uid: str, kind: Kind) -> None:
         """The job is gone: drop what the controller remembered of it."""
-        self._static_applied.pop(uid, None)
-        self._missing_apis.pop(uid, None)
-        self._locks.pop(uid, None)
-        self._written.pop(uid, None)
-        self._created.pop(uid, None)
-        self._deleted.pop(uid, None)
-        self._gone.pop(uid, None)
-        wake_up = self._wake_ups.pop(uid, None)
-        if wake_up is not None:
-            wake_up.cancel()
-        phase = self._seen_phase.pop(uid, None)
-        if phase:
-            metrics.JOBS.labels(kind.kind, phase).dec()
+        record = self.records.pop(uid, None)
+        if record is not None and record.phase:
+            metrics.JOBS.labels(kind.kind, record.phase).dec()
+
+
+def _earliest(*delays: float | None) -> float | None:
+    return min((d for d in delays if d is not None), default=None)
 
 
 def _status(body: Mapping[str, Any]) -> JobStatus:

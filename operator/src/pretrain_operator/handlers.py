@@ -1,30 +1,46 @@
-"""kopf wiring: thin handlers that feed the controller what the indexes observed.
+"""kopf wiring: thin handlers that mark jobs dirty on a work queue, and the workers that reconcile
+them from what the indexes hold.
 
-Level-based: every job is reconciled on create, on spec change, on operator resume, on every
-event of one of its pods, on a resync timer, and when a plan asks to be looked at again (a
-backoff ends). Indexes over child pods and over the jobs keep all observation in memory, so a
-reconcile costs no list call.
+Why one queue fed by thin handlers rather than kopf's per-event handlers (or a daemon per job):
+every event of every pod used to run a whole reconcile of its job, and a timer ran one more for
+every job. As in controller-runtime, an event now only marks its job dirty; a burst of events is
+one reconcile, never two of one job at once, a bounded number of jobs at a time, in arrival
+order. The worker reads the latest job and pods from kopf's indexes when it starts, not the
+body of the event that queued it. Jobs come back by themselves only when their plan asks
+(a backoff ends, a TTL expires, a Running job's progress is due), not on a timer.
+
+kopf's own event handlers carry no state (no annotations are written for them), so the only
+writes to a job are the operator's status.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping
-from typing import Any, cast
+from typing import Any, NamedTuple
 
 import kopf
 
 from pretrain_operator import API_GROUP, API_VERSION, kube, naming
 from pretrain_operator.api import FINETUNE_JOB, KINDS, PRETRAIN_JOB, Kind
 from pretrain_operator.controller import SETTINGS, Controller
+from pretrain_operator.workqueue import Outcome, WorkQueue, start_workers
 
-JobKey = tuple[str, str]  # (namespace, name)
 PodKey = tuple[str, str, str]  # (namespace, kind, job name)
 INDEXES = ("job_pods", "pretrain_jobs", "finetune_jobs")  # kopf passes them by these names
+QUEUE_NAME = "jobs"
+logger = logging.getLogger("pretrain_operator")
 
 
-def _indexes(kwargs: Mapping[str, Any]) -> dict[str, Any]:
-    return {name: kwargs[name] for name in INDEXES}
+class JobKey(NamedTuple):
+    kind: str  # PretrainJob or FinetuneJob
+    namespace: str
+    name: str
+
+
+def _kind(name: str) -> Kind:
+    return PRETRAIN_JOB if name == PRETRAIN_JOB.kind else FINETUNE_JOB
 
 
 @kopf.on.login()
@@ -34,26 +50,42 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 
 
 @kopf.on.startup()
-async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
-    # Keep kopf's bookkeeping in annotations: the status schema is ours alone.
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=API_GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=API_GROUP, key="last-handled-configuration"
-    )
-    settings.posting.level = logging.WARNING  # kopf's own chatter; ours goes through post_event
+async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: Any) -> None:
+    settings.posting.level = logging.WARNING  # kopf's own chatter; ours goes through kube
     settings.watching.server_timeout = 300
     settings.networking.request_timeout = 30
 
-    def post_event(body: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
-        kopf.event(
-            kopf.Body(cast(kopf.RawBody, dict(body))), type=type_, reason=reason, message=message
-        )
+    api = await kube.connect()
 
-    memo.controller = Controller(await kube.connect(), SETTINGS, post_event)
+    async def post_event(body: dict[str, Any], type_: str, reason: str, message: str) -> None:
+        await kube.post_event(api, body, type_, reason, message)
+
+    controller = Controller(api, SETTINGS, post_event)
+    queue: WorkQueue[JobKey] = WorkQueue(QUEUE_NAME)
+    # The indexes are live views, filled before any resource handler runs.
+    indexes = {name: kwargs[name] for name in INDEXES}
+
+    async def reconcile(key: JobKey) -> Outcome:
+        kind = _kind(key.kind)
+        jobs = indexes["pretrain_jobs"] if kind is PRETRAIN_JOB else indexes["finetune_jobs"]
+        body = _only(jobs, (key.namespace, key.name))
+        if body is None:
+            return Outcome()  # deleted since it was queued
+        pods = list(indexes["job_pods"].get((key.namespace, key.kind, key.name), []))
+        base = None
+        spec = body.get("spec") or {}
+        if kind is FINETUNE_JOB and (spec.get("base") or {}).get("pretrainJob"):
+            base = _only(indexes["pretrain_jobs"], (key.namespace, spec["base"]["pretrainJob"]))
+        return await controller.reconcile(kind, body, pods, base)
+
+    memo.controller, memo.queue = controller, queue
+    memo.workers = start_workers(queue, SETTINGS.workers, reconcile, logger)
 
 
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    memo.queue.shut_down()
+    await asyncio.gather(*memo.workers, return_exceptions=True)
     await memo.controller.api.close()
 
 
@@ -77,59 +109,43 @@ def _only(index: kopf.Index[Any, Any], key: Any) -> Any:
     return values[0] if values else None
 
 
-async def _reconcile(
-    kind: Kind, body: Mapping[str, Any], memo: kopf.Memo, indexes: Mapping[str, Any]
-) -> None:
-    """Reconcile one job from what the indexes hold; if its plan asks for another look later,
-    come back then with the job as the index holds it by that time."""
-    job_pods: kopf.Index[PodKey, dict[str, Any]] = indexes["job_pods"]
-    pretrain_jobs: kopf.Index[JobKey, dict[str, Any]] = indexes["pretrain_jobs"]
-    namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
-    pods = list(job_pods.get((namespace, kind.kind, name), []))
-    base = None
-    spec = body.get("spec") or {}
-    if kind is FINETUNE_JOB and (spec.get("base") or {}).get("pretrainJob"):
-        base = _only(pretrain_jobs, (namespace, spec["base"]["pretrainJob"]))
-    controller: Controller = memo.controller
-    again = await controller.reconcile(kind, body, pods, base)
-    if again is None:
-        return
-
-    async def wake() -> None:
-        jobs = pretrain_jobs if kind is PRETRAIN_JOB else indexes["finetune_jobs"]
-        latest = _only(jobs, (namespace, name))
-        if latest is not None and latest["metadata"]["uid"] == body["metadata"]["uid"]:
-            await _reconcile(kind, latest, memo, indexes)
-
-    controller.wake_up_later(body["metadata"]["uid"], again, wake)
-
-
 def _register(kind: Kind) -> None:
-    async def on_change(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
-        await _reconcile(kind, body, memo, _indexes(kwargs))
+    async def job_event(type: str, body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
+        """Any event of a job: queue it unless it is the echo of our own status write (async:
+        kopf runs plain functions in threads, and the queue belongs to the event loop)."""
+        meta = body["metadata"]
+        key = JobKey(kind.kind, meta["namespace"], meta["name"])
+        controller: Controller = memo.controller
+        queue: WorkQueue[JobKey] = memo.queue
+        if kind is PRETRAIN_JOB:  # FinetuneJobs waiting for this one as their base
+            for dependent in _dependents(kwargs["finetune_jobs"], key):
+                queue.add(dependent)
+        if type == "DELETED":
+            controller.forget(meta["uid"], kind)
+            queue.discard(key)
+        elif controller.job_changed(body):
+            queue.add(key)
 
-    async def on_resync(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
-        await _reconcile(kind, body, memo, _indexes(kwargs))
-
-    def on_delete(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-        memo.controller.forget(body["metadata"]["uid"], kind)
-
-    resource = (API_GROUP, API_VERSION, kind.plural)
-    kopf.on.resume(*resource, id=f"{kind.singular}-resume")(on_change)
-    kopf.on.create(*resource, id=f"{kind.singular}-create")(on_change)
-    kopf.on.update(*resource, id=f"{kind.singular}-update", field="spec")(on_change)
-    kopf.timer(*resource, id=f"{kind.singular}-resync", interval=SETTINGS.resync_seconds,
-               initial_delay=SETTINGS.resync_seconds)(on_resync)  # fmt: skip
-    kopf.on.event(*resource, id=f"{kind.singular}-gone",
-                  when=lambda type, **_: type == "DELETED")(on_delete)  # fmt: skip
+    kopf.on.event(API_GROUP, API_VERSION, kind.plural, id=f"{kind.singular}-event")(job_event)
 
 
-for _kind in KINDS:
-    _register(_kind)
+def _dependents(finetune_jobs: kopf.Index[Any, Any], base: JobKey) -> list[JobKey]:
+    found = []
+    for (namespace, name), bodies in finetune_jobs.items():
+        if namespace != base.namespace:
+            continue
+        for body in bodies:
+            if ((body.get("spec") or {}).get("base") or {}).get("pretrainJob") == base.name:
+                found.append(JobKey(FINETUNE_JOB.kind, namespace, name))
+    return found
+
+
+for _kind_of_job in KINDS:
+    _register(_kind_of_job)
 
 
 @kopf.on.event("pods", labels={naming.LABEL_JOB: kopf.PRESENT})
-async def pod_changed(
+async def pod_event(
     type: str,
     body: kopf.Body,
     labels: Mapping[str, str],
@@ -137,13 +153,12 @@ async def pod_changed(
     memo: kopf.Memo,
     **kwargs: Any,
 ) -> None:
-    """A child pod changed: reconcile its job now rather than at the next resync."""
-    kind = PRETRAIN_JOB if labels.get(naming.LABEL_KIND) == PRETRAIN_JOB.kind else FINETUNE_JOB
+    """A child pod changed: queue its job if the change is one a plan would see."""
+    kind = _kind(labels.get(naming.LABEL_KIND, ""))
     jobs = kwargs["pretrain_jobs"] if kind is PRETRAIN_JOB else kwargs["finetune_jobs"]
     job = _only(jobs, (namespace, labels[naming.LABEL_JOB]))
-    if job is None:
+    if job is None or namespace is None:
         return
     controller: Controller = memo.controller
-    if type == "DELETED":
-        controller.pod_deleted(job["metadata"]["uid"], dict(body))
-    await _reconcile(kind, job, memo, _indexes(kwargs))
+    if controller.pod_changed(job["metadata"]["uid"], type, dict(body)):
+        memo.queue.add(JobKey(kind.kind, namespace, labels[naming.LABEL_JOB]))

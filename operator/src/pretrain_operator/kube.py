@@ -3,6 +3,7 @@ against the API server or the trainer pods."""
 
 from __future__ import annotations
 
+import datetime
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -158,6 +159,25 @@ async def write_status(
         API_GROUP, API_VERSION, namespace, kind.plural, name,
         [{"op": "add", "path": "/status", "value": status}],
     )  # fmt: skip
+
+
+async def post_event(api: Api, body: Manifest, type_: str, reason: str, message: str) -> None:
+    """A core/v1 Event on the job, as `kubectl describe` shows it (kopf.event works only inside
+    kopf's per-object tasks; our workers are not one)."""
+    meta = body["metadata"]
+    now = datetime.datetime.now(datetime.UTC)
+    event = {
+        "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+        "involvedObject": {
+            "apiVersion": body.get("apiVersion"), "kind": body.get("kind"),
+            "name": meta["name"], "namespace": meta["namespace"], "uid": meta["uid"],
+        },
+        "type": type_, "reason": reason, "message": message[:1024], "count": 1,
+        "firstTimestamp": now, "lastTimestamp": now,
+        "source": {"component": "pretrain-operator"},
+        "reportingComponent": "pretrain-operator",
+    }  # fmt: skip
+    await api.core.create_namespaced_event(meta["namespace"], event)
 
 
 async def delete_job(api: Api, kind: Kind, namespace: str, name: str) -> None:

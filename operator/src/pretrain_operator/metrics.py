@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prometheus_client import Counter, Gauge, Histogram
 
 RECONCILE_SECONDS = Histogram(
@@ -41,3 +43,56 @@ for _kind in ("PretrainJob", "FinetuneJob"):
     for _metric in (RECONCILE_SECONDS, RECONCILE_ERRORS, PODS_CREATED, PODS_DELETED, RESTARTS,
                     DISRUPTIONS, RESIZES, TIME_TO_RUNNING):  # fmt: skip
         _metric.labels(_kind)
+
+# The work queue and leader election, under controller-runtime's names (workqueue_*,
+# leader_election_master_status) with our prefix; `name` is the queue's.
+_QUEUE_BUCKETS = (1e-4, 1e-3, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+WORKQUEUE_DEPTH = Gauge("pretrain_operator_workqueue_depth", "Keys waiting for a worker.", ["name"])
+WORKQUEUE_ADDS = Counter(
+    "pretrain_operator_workqueue_adds_total", "Keys marked for a reconcile.", ["name"]
+)
+WORKQUEUE_QUEUE_SECONDS = Histogram(
+    "pretrain_operator_workqueue_queue_duration_seconds",
+    "How long a key waited in the queue before a worker took it.",
+    ["name"],
+    buckets=_QUEUE_BUCKETS,
+)
+WORKQUEUE_WORK_SECONDS = Histogram(
+    "pretrain_operator_workqueue_work_duration_seconds",
+    "How long processing one key took.",
+    ["name"],
+    buckets=_QUEUE_BUCKETS,
+)
+WORKQUEUE_RETRIES = Counter(
+    "pretrain_operator_workqueue_retries_total", "Keys retried after a failed reconcile.", ["name"]
+)
+WORKQUEUE_UNFINISHED = Gauge(
+    "pretrain_operator_workqueue_unfinished_work_seconds",
+    "Seconds of work in progress not yet observed by work_duration (large: a stuck worker).",
+    ["name"],
+)
+WORKQUEUE_LONGEST = Gauge(
+    "pretrain_operator_workqueue_longest_running_processor_seconds",
+    "Seconds the longest-running worker has been on its key.",
+    ["name"],
+)
+LEADER = Gauge(
+    "pretrain_operator_leader_election_master_status",
+    "1 while this instance holds the leader Lease (always 1 without --leader-elect).",
+    ["name"],
+)
+
+
+class WorkQueueMetrics:
+    """One queue's series."""
+
+    def __init__(
+        self, name: str, unfinished: Callable[[], float], longest: Callable[[], float]
+    ) -> None:
+        self.depth = WORKQUEUE_DEPTH.labels(name)
+        self.adds = WORKQUEUE_ADDS.labels(name)
+        self.queue_seconds = WORKQUEUE_QUEUE_SECONDS.labels(name)
+        self.work_seconds = WORKQUEUE_WORK_SECONDS.labels(name)
+        self.retries = WORKQUEUE_RETRIES.labels(name)
+        WORKQUEUE_UNFINISHED.labels(name).set_function(unfinished)
+        WORKQUEUE_LONGEST.labels(name).set_function(longest)

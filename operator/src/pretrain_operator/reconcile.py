@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import datetime
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
 
 from pretrain_operator import children, naming
-from pretrain_operator.api import FinetuneJobSpec, JobStatus, Phase
+from pretrain_operator.api import FinetuneJobSpec, JobStatus, Kind, Phase
 from pretrain_operator.api.status import (
     FINISHED_PHASES,
     Backoff,
@@ -31,6 +34,9 @@ RUNNING, SUCCEEDED, FAILED, SUSPENDED, SCHEDULED, WAITING_FOR_BASE = (
     "Running", "Succeeded", "Failed", "Suspended", "Scheduled", "WaitingForBase",
 )  # fmt: skip
 WAITING_FOR_CREDENTIALS = "WaitingForCredentials"
+OPTIONAL_CHILD_MISSING = "OptionalChildMissing"
+# Secrets are not watched (the operator may not list them): a job waiting for one looks again.
+CREDENTIALS_RECHECK_SECONDS = 10.0
 
 # Recreating failed node pods waits 10 s, doubling per consecutive failure up to 5 min, as a
 # Job's pod failure backoff and the kubelet's CrashLoopBackOff do. The delay is forgotten after
@@ -58,7 +64,9 @@ class Plan:
     delete_pods: list[str] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
     delete_job: bool = False
-    requeue_after: float | None = None  # seconds until the plan changes by itself (a backoff)
+    # Seconds until the plan changes by itself though nothing is observed to (a backoff ends,
+    # the TTL expires, a Secret may have been made); None: only a change brings the job back.
+    requeue_after: float | None = None
 
 
 def timestamp(now: datetime.datetime) -> str:
@@ -179,9 +187,44 @@ def _ttl(job: Job, plan: Plan, now: datetime.datetime) -> None:
     ttl = job.spec.ttl_seconds_after_finished
     if ttl is None or not plan.status.completion_time:
         return
-    finished = datetime.datetime.strptime(plan.status.completion_time, "%Y-%m-%dT%H:%M:%SZ")
-    expires = finished.replace(tzinfo=datetime.UTC) + datetime.timedelta(seconds=ttl)
-    plan.delete_job = now >= expires  # checked again at every resync until then
+    expires = parse_timestamp(plan.status.completion_time) + datetime.timedelta(seconds=ttl)
+    plan.delete_job = now >= expires
+    if not plan.delete_job:
+        plan.requeue_after = (expires - now).total_seconds()
+
+
+def job_of(
+    kind: Kind, body: Mapping[str, Any], spec: Any, base: BaseJobState | None, image: str
+) -> Job:
+    """The job as the children are made from it; a FinetuneJob's base resolved to the
+    checkpoint its pods read (a base on a claim is mounted read-only)."""
+    meta = body["metadata"]
+    checkpoint, claim = "", ""
+    if isinstance(spec, FinetuneJobSpec):
+        checkpoint, _, _ = resolve_base(spec, base, meta["namespace"])
+        if base is not None and spec.base.pretrain_job and checkpoint.startswith("pvc://"):
+            claim = base.claim
+            # pvc://CLAIM/path/step-N is mounted read-only at /base/path/step-N.
+            checkpoint = f"{naming.BASE_MOUNT}/{checkpoint.split('/', 3)[3]}"
+    return Job(kind, meta["name"], meta["namespace"], meta["uid"], spec, image, checkpoint,
+               claim)  # fmt: skip
+
+
+def invalid_spec(
+    current: JobStatus, generation: int, error: ValidationError, now: datetime.datetime
+) -> Plan:
+    """A spec the API server let through but the models refuse (say, CRDs out of date): the
+    job fails, naming the field."""
+    status = current.model_copy(deep=True)
+    first = error.errors()[0]
+    where = "spec." + ".".join(str(part) for part in first["loc"])
+    message = f"{where}: {first['msg']}"
+    result = Plan(status=status)
+    if status.phase != Phase.FAILED:
+        result.events.append(Event("Warning", "InvalidSpec", message))
+    status.phase = Phase.FAILED
+    set_condition(status, FAILED, True, "InvalidSpec", message, generation, now)
+    return result
 
 
 def resolve_base(
@@ -268,6 +311,7 @@ def _waiting_for_credentials(
     set_condition(status, WAITING_FOR_CREDENTIALS, True, "SecretNotFound", message, generation,
                   now)  # fmt: skip
     status.phase = Phase.PENDING
+    result.requeue_after = CREDENTIALS_RECHECK_SECONDS
     return True
 
 
@@ -292,14 +336,19 @@ def plan(
     base: BaseJobState | None = None,
     gone: Sequence[PodState] = (),
     missing_secrets: Sequence[str] = (),
+    missing_apis: Sequence[str] = (),
 ) -> Plan:
     """`gone`: the last states of pods deleted since the last plan, as their deletion events
     carried them (a pod evicted and deleted at once may never be seen terminating).
-    `missing_secrets`: what a secretRef names that is not there, one line per field."""
+    `missing_secrets`: what a secretRef names that is not there, one line per field.
+    `missing_apis`: the optional children that could not be made for lack of their API."""
     status = current.model_copy(deep=True)
     status.observed_generation = generation
     status.selector = children.node_selector_string(job)
     result = Plan(status=status)
+    for missing in missing_apis:  # an optional add-on (a gang scheduler) is absent: train on
+        set_condition(status, OPTIONAL_CHILD_MISSING, True, "ApiNotInstalled", missing,
+                      generation, now)  # fmt: skip
     replicas = job.spec.replicas
     node_pods = {p.index: p for p in pods if p.role == naming.ROLE_NODE and p.index is not None}
     rendezvous = next((p for p in pods if p.role == naming.ROLE_RENDEZVOUS), None)
