@@ -91,8 +91,9 @@ def test_the_operator_pod_passes_the_restricted_profile(
     namespace that enforces `restricted`."""
     manifests = render(cluster, namespace)
     deployment = next(d for d in yaml.safe_load_all(manifests) if d and d["kind"] == "Deployment")
-    assert deployment["spec"]["replicas"] == 1
-    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    assert deployment["spec"]["replicas"] == 2  # a leader and a standby
+    assert "strategy" not in deployment["spec"]  # rolling: the lease keeps one leader
+    assert "--leader-elect" in deployment["spec"]["template"]["spec"]["containers"][0]["args"]
     template = deployment["spec"]["template"]
     container = template["spec"]["containers"][0]
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
@@ -113,7 +114,7 @@ def test_the_operator_pod_passes_the_restricted_profile(
 @pytest.mark.parametrize(
     ("value", "message"),
     [("replicas=two", "at '/replicas': got string, want integer"),
-     ("replicas=2", "at '/replicas': value must be one of 0, 1"),
+     ("replicas=-1", "at '/replicas': minimum: got -1, want 0"),
      ("metrics.port=http", "at '/metrics/port': got string, want integer"),
      ("serviceMonitor.enable=true",
       "at '/serviceMonitor': additional properties 'enable' not allowed"),
@@ -188,3 +189,54 @@ def test_namespaced_mode_grants_the_job_rules_in_the_watched_namespace_only(
         assert not can("list", "secrets", "-n", namespace)
     finally:
         helm(cluster, "uninstall", "scoped", "-n", namespace, "--wait")
+
+
+def test_the_readme_install_commands_render_and_apply_as_written(cluster: ClusterSession) -> None:
+    """`helm template` exactly as the README shows it (no --kube-version: helm's default
+    capabilities) and with an old and a current version; the API server accepts the set."""
+    for version in ([], ["--kube-version", "1.30.0"], ["--kube-version", "1.37.2"]):
+        rendered = helm(cluster, "template", "pretrain-operator", str(CHART),
+                        "-n", "pretrain-system", *version)  # fmt: skip
+        assert rendered.returncode == 0, rendered.stderr
+        documents = [d for d in yaml.safe_load_all(rendered.stdout) if d]
+        deployment = next(d for d in documents if d["kind"] == "Deployment")
+        assert deployment["spec"]["replicas"] == 2
+        assert "strategy" not in deployment["spec"]  # a rolling update: the Lease keeps one
+        args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+        assert "--leader-elect" in args
+        applied = cluster.kubectl("apply", "--dry-run=server", "-f", "-", stdin=rendered.stdout)
+        assert "deployment.apps/pretrain-operator" in applied.stdout
+    single = render(cluster, "pretrain-system", "--set", "replicas=1")
+    deployment = next(d for d in yaml.safe_load_all(single) if d and d["kind"] == "Deployment")
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}  # no election: never two
+    assert "--leader-elect" not in deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+
+
+@pytest.mark.usefixtures("crds", "operator")
+def test_namespace_editors_run_jobs_and_viewers_read_them_through_the_built_in_roles(
+    cluster: ClusterSession, namespace: str
+) -> None:
+    """The chart's -edit and -view ClusterRoles aggregate into the built-in `edit` and `view`
+    (kube-controller-manager's aggregation controller fills them)."""
+    for user, role in (("editor", "edit"), ("viewer", "view")):
+        cluster.kubectl("create", "rolebinding", user, f"--clusterrole={role}",
+                        f"--user={user}", "-n", namespace)  # fmt: skip
+
+    def can(user: str, verb: str, resource: str, where: str = namespace, *more: str) -> bool:
+        answer = cluster.kubectl("auth", "can-i", verb, resource, "-n", where, f"--as={user}",
+                                 *more, check=False)  # fmt: skip
+        return answer.stdout.strip() == "yes"
+
+    wait_until(lambda: can("editor", "create", "pretrainjobs.pretrain.dev"),
+               "the edit role to aggregate the job rules", timeout=60)  # fmt: skip
+    wait_until(lambda: can("viewer", "list", "finetunejobs.pretrain.dev"),
+               "the view role to aggregate the job rules", timeout=60)  # fmt: skip
+    for verb in ("create", "watch", "delete", "patch"):
+        for kind in ("pretrainjobs.pretrain.dev", "finetunejobs.pretrain.dev"):
+            assert can("editor", verb, kind), f"editor {verb} {kind}"
+            assert can("viewer", verb, kind) == (verb == "watch"), f"viewer {verb} {kind}"
+    # (`kind/x` would ask about an object named x: a subresource is its own flag)
+    status = (namespace, "--subresource=status")
+    assert can("viewer", "get", "pretrainjobs.pretrain.dev", *status)
+    assert not can("editor", "patch", "pretrainjobs.pretrain.dev", *status)  # the operator's
+    assert not can("editor", "create", "pretrainjobs.pretrain.dev", "default")  # bound here only
