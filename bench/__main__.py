@@ -44,7 +44,9 @@ def operator_scale(quick: bool) -> Report:
 
     sizes = [2] if quick else [50, 200]
     with tempfile.TemporaryDirectory(prefix="bench-operator-") as work:
-        results = bench.run(sizes, ["ours", "kubeflow", "floor"], Path(work))
+        # A minute of steady state: status writes and looks while nothing changes.
+        results = bench.run(sizes, ["ours", "kubeflow", "floor"], Path(work),
+                            steady=3.0 if quick else 60.0)  # fmt: skip
     ratios = bench.ratios(results)
     summary = "; ".join(
         f"N={n}: " + ", ".join(f"{name} {value:.2f}" for name, value in row.items())

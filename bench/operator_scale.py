@@ -77,6 +77,15 @@ class Result:
     cpu_seconds: float
     """CPU time the operator used from the first create to all Running (robust to a shared
     machine, where wall-clock times also measure the neighbours)."""
+    status_writes: int = 0
+    """Status PATCHes and PUTs of the jobs, from the API server's apiserver_request_total, from
+    the first create to all Running."""
+    steady_seconds: float = 0.0
+    """Then nothing changes for this long (--steady-seconds), all jobs Running:"""
+    steady_status_writes: int = 0
+    steady_reconciles: int = 0
+    steady_rss_start_bytes: int = 0
+    steady_rss_end_bytes: int = 0
 
 
 # ---- the systems ----
@@ -228,6 +237,7 @@ class Workload:
     """What one system is asked to do, and how to tell it is done."""
 
     system: str
+    resource: str  # whose status writes are counted
     pods_per_job: int
     create: Callable[[str, int], None]  # (namespace, job index)
     jobs_running: Callable[[str], int]  # namespace -> jobs Running
@@ -237,14 +247,36 @@ def _pods(core: client.CoreV1Api, namespace: str) -> list[Any]:
     return list(core.list_namespaced_pod(namespace, resource_version="0").items)
 
 
+def status_writes(kubectl: Path, kubeconfig: Path, resource: str) -> int:
+    """Writes of `resource`/status the API server has served (its own counter)."""
+    text = subprocess.run([str(kubectl), f"--kubeconfig={kubeconfig}", "get", "--raw", "/metrics"],
+                          capture_output=True, text=True, check=True).stdout  # fmt: skip
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith("apiserver_request_total{"):
+            continue
+        labels, _, value = line.rpartition(" ")
+        if (f'resource="{resource}"' in labels and 'subresource="status"' in labels
+                and ('verb="PATCH"' in labels or 'verb="PUT"' in labels)):  # fmt: skip
+            total += float(value)
+    return int(total)
+
+
+@dataclass(frozen=True, slots=True)
+class ApiServer:
+    kubectl: Path
+    kubeconfig: Path
+
+
 def measure(core: client.CoreV1Api, workload: Workload, jobs: int,
-            operator: Process | None) -> Result:  # fmt: skip
+            operator: Process | None, server: ApiServer, steady: float) -> Result:  # fmt: skip
     namespace = f"bench-{workload.system}-{jobs}-{secrets.token_hex(2)}"
     core.create_namespace({"metadata": {"name": namespace}})
     wait_until(lambda: exists(lambda: core.read_namespaced_service_account("default", namespace)),
                f"ServiceAccount default in {namespace}")  # fmt: skip
     before = operator.scrape() if operator else []
     cpu_before = operator.cpu_seconds() if operator else 0.0
+    writes_before = status_writes(server.kubectl, server.kubeconfig, workload.resource)
     expected = jobs * workload.pods_per_job
     started = time.perf_counter()
     for index in range(jobs):
@@ -264,18 +296,39 @@ def measure(core: client.CoreV1Api, workload: Workload, jobs: int,
     cpu = operator.cpu_seconds() - cpu_before if operator else 0.0
     buckets = difference(operator.scrape(), before) if operator else []
     rss, peak = operator.memory() if operator else (0, 0)
+    writes = status_writes(server.kubectl, server.kubeconfig, workload.resource) - writes_before
+    quiet = _steady(workload, operator, server, steady) if operator and steady else {}
     result = Result(
         system=workload.system, jobs=jobs, pods=expected,
         seconds_to_pods=to_pods, seconds_to_running=to_running,
         reconciles=int(buckets[-1][1]) if buckets else 0,
         reconcile_p50_seconds=histogram_quantile(buckets, 0.5),
         reconcile_p99_seconds=histogram_quantile(buckets, 0.99),
-        rss_bytes=rss, peak_rss_bytes=peak, cpu_seconds=cpu,
+        rss_bytes=rss, peak_rss_bytes=peak, cpu_seconds=cpu, status_writes=writes, **quiet,
     )  # fmt: skip
     core.delete_namespace(namespace)
     wait_until(lambda: not exists(lambda: core.read_namespace(namespace)),
                f"namespace {namespace} deleted", timeout=600, interval=1)  # fmt: skip
     return result
+
+
+def _steady(workload: Workload, operator: Process, server: ApiServer, seconds: float
+            ) -> dict[str, Any]:  # fmt: skip
+    """Every job Running and nothing changing for `seconds`: what the operator still writes,
+    how often it still looks, and whether its memory grows."""
+    print(f"  {workload.system:8} steady for {seconds:.0f} s", file=sys.stderr, flush=True)
+    writes = status_writes(server.kubectl, server.kubeconfig, workload.resource)
+    looks = operator.scrape()
+    rss_start = operator.memory()[0]
+    time.sleep(seconds)
+    return {
+        "steady_seconds": seconds,
+        "steady_status_writes":
+            status_writes(server.kubectl, server.kubeconfig, workload.resource) - writes,
+        "steady_reconciles": int(difference(operator.scrape(), looks)[-1][1]),
+        "steady_rss_start_bytes": rss_start,
+        "steady_rss_end_bytes": operator.memory()[0],
+    }  # fmt: skip
 
 
 def workloads(api: client.ApiClient) -> dict[str, Workload]:
@@ -316,12 +369,12 @@ def workloads(api: client.ApiClient) -> dict[str, Workload]:
         return sum(1 for n in per_job.values() if n == NODES_PER_JOB)
 
     return {
-        "ours": Workload("ours", NODES_PER_JOB + 1, ours,
+        "ours": Workload("ours", "pretrainjobs", NODES_PER_JOB + 1, ours,
                          count("pretrain.dev", "v1alpha1", "pretrainjobs",
                                lambda job: (job.get("status") or {}).get("phase") == "Running")),
-        "kubeflow": Workload("kubeflow", NODES_PER_JOB, theirs,
+        "kubeflow": Workload("kubeflow", "pytorchjobs", NODES_PER_JOB, theirs,
                              count("kubeflow.org", "v1", "pytorchjobs", kubeflow.running)),
-        "floor": Workload("floor", NODES_PER_JOB, floor, floor_running),
+        "floor": Workload("floor", "pods", NODES_PER_JOB, floor, floor_running),
     }  # fmt: skip
 
 
@@ -367,7 +420,7 @@ def add_nodes(core: client.CoreV1Api, pods: int) -> None:
         wait_until(lambda n=name: node_ready(core, n), f"node {name} Ready")  # type: ignore[misc]
 
 
-def run(sizes: list[int], systems: list[str], work: Path) -> list[Result]:
+def run(sizes: list[int], systems: list[str], work: Path, steady: float = 0.0) -> list[Result]:
     results: list[Result] = []
     with control_plane(work) as cluster:
         binaries = tools.ensure_all()
@@ -387,12 +440,16 @@ def run(sizes: list[int], systems: list[str], work: Path) -> list[Result]:
                 operator = start_kubeflow(cluster.kubeconfig, work, core)
             try:
                 for jobs in sizes:
-                    result = measure(core, chosen[system], jobs, operator)
+                    server = ApiServer(binaries.kubectl, cluster.kubeconfig)
+                    result = measure(core, chosen[system], jobs, operator, server, steady)
                     print(f"  {system:8} N={jobs:<4} pods {result.seconds_to_pods:6.1f} s, "
                           f"Running {result.seconds_to_running:6.1f} s, reconcile p50 "
                           f"{result.reconcile_p50_seconds * 1000:.1f} ms p99 "
                           f"{result.reconcile_p99_seconds * 1000:.1f} ms, "
-                          f"RSS {result.rss_bytes / 2**20:.0f} MiB, CPU {result.cpu_seconds:.1f} s",
+                          f"RSS {result.rss_bytes / 2**20:.0f} MiB, "
+                          f"CPU {result.cpu_seconds:.1f} s, "
+                          f"{result.reconciles / jobs:.1f} reconciles and "
+                          f"{result.status_writes / jobs:.1f} status writes per job",
                           file=sys.stderr, flush=True)  # fmt: skip
                     results.append(result)
             finally:
@@ -419,6 +476,7 @@ def ratios(results: list[Result]) -> dict[str, dict[str, float]]:
                     row[f"ours/{baseline} RSS"] = result.rss_bytes / other.rss_bytes
                 if other.cpu_seconds:
                     row[f"ours/{baseline} CPU"] = result.cpu_seconds / other.cpu_seconds
+        row["ours reconciles per job to Running"] = result.reconciles / jobs
     return out
 
 
@@ -426,11 +484,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.operator_scale")
     parser.add_argument("--jobs", type=int, action="append", help="N (repeatable); 50 and 200")
     parser.add_argument("--system", action="append", choices=["ours", "kubeflow", "floor"])
+    parser.add_argument(
+        "--steady-seconds",
+        type=float,
+        default=0.0,
+        help="then watch the Running jobs this long with nothing changing",
+    )
     args = parser.parse_args(argv)
     sizes = args.jobs or [50, 200]
     systems = args.system or ["ours", "kubeflow", "floor"]
     with tempfile.TemporaryDirectory(prefix="bench-operator-") as work:
-        results = run(sizes, systems, Path(work))
+        results = run(sizes, systems, Path(work), args.steady_seconds)
     print(json.dumps({"results": [asdict(r) for r in results], "ratios": ratios(results)},
                      indent=2))  # fmt: skip
     return 0
