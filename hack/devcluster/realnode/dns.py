@@ -81,16 +81,19 @@ class ClusterDns:
                     return self.address
                 time.sleep(0.2)
             processes.reap(self.pid)
-            # Its address has been found unbindable at the first start after other runs had
-            # gone, though listed on the bridge (EADDRNOTAVAIL, cause unknown; seen again
-            # 2026-12-03 with the address left by a killed run): make it afresh and try again,
-            # twice at most.
-            if "cannot assign requested address" not in log.read_text() or attempt == 3:
+            # It has been seen to exit at its first start after other runs had gone: its
+            # address unbindable though listed on the bridge (EADDRNOTAVAIL, cause unknown; seen
+            # again 2026-12-03), once with an empty log when we looked. Make the address afresh
+            # and try again, twice at most, unless it simply ran out of time.
+            if attempt == 3 or time.monotonic() >= deadline:
                 break
+            for pid in processes.mentioning(str(config)):  # if it was not gone after all
+                processes.stop(pid, str(config), 2)
             network.remove_address(self.address)
             network.add_address(self.address)
         self.stop()
-        raise RuntimeError(f"CoreDNS did not start; see {log}:\n{log.read_text()[-2000:]}")
+        raise RuntimeError(f"CoreDNS did not start ({attempt} attempts); see {log}:\n"
+                           f"{log.read_text()[-2000:]}")  # fmt: skip
 
     def stop(self) -> None:
         if self.pid:

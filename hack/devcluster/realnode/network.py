@@ -9,6 +9,7 @@ ip_forward. Nothing leaves the machine: the pods get no default route.
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import time
 
@@ -32,8 +33,17 @@ def ensure_bridge() -> None:
 
 
 def is_local(address: str) -> bool:
-    """Whether a socket can bind `address` now: the kernel routes it as local."""
-    return ip("-4", "route", "get", address, check=False).stdout.startswith("local ")
+    """Whether a socket can bind `address` now. A route lookup is not enough: CoreDNS has been
+    refused (EADDRNOTAVAIL) an address the kernel already routed as local, so try a bind."""
+    if not ip("-4", "route", "get", address, check=False).stdout.startswith("local "):
+        return False
+    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+        with socket.socket(socket.AF_INET, kind) as probe:
+            try:
+                probe.bind((address, 0))
+            except OSError:
+                return False
+    return True
 
 
 def add_address(address: str, timeout: float = 5.0) -> None:
