@@ -128,18 +128,6 @@ async def delete_pod(api: Api, namespace: str, name: str) -> None:
             raise
 
 
-async def read_job(api: Api, kind: Kind, namespace: str, name: str) -> dict[str, Any] | None:
-    try:
-        body: dict[str, Any] = await api.custom.get_namespaced_custom_object(
-            API_GROUP, API_VERSION, namespace, kind.plural, name
-        )
-    except ApiException as error:
-        if error.status == 404:
-            return None
-        raise
-    return body
-
-
 async def secret_exists(api: Api, namespace: str, name: str) -> bool:
     """Whether the Secret is there; its data is read by the API call and dropped unseen."""
     try:
