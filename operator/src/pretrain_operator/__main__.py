@@ -31,6 +31,13 @@ def _positive(text: str) -> float:
     return value
 
 
+def _at_least_one(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {text}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pretrain-operator", description=__doc__)
     parser.add_argument(
@@ -50,7 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--workers",
-        type=int,
+        type=_at_least_one,
         default=SETTINGS.workers,
         help="jobs reconciled at once, never one job twice (default: %(default)s)",
     )
@@ -144,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     SETTINGS.trainer_image = args.trainer_image
     SETTINGS.progress_seconds = args.progress_seconds
-    SETTINGS.workers = max(args.workers, 1)
+    SETTINGS.workers = args.workers
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
