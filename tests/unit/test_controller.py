@@ -218,3 +218,47 @@ def test_a_running_job_comes_back_for_its_progress_and_a_finished_one_does_not(
     assert running is not None
     assert seconds - 1 < running <= seconds
     assert ctl._next_look(record, JobStatus(phase="Succeeded")) is None
+
+
+def test_a_finished_workers_report_counts_as_a_scrape_so_no_look_is_due_at_once() -> None:
+    """A node pod's trainer has exited 0 (its termination message holds the last metrics) and
+    the phase is not Succeeded yet: the next look waits a progress interval, it is not due
+    at once on every reconcile."""
+    from pretrain_operator.observe import PodState
+
+    ctl = Controller(cast(kube.Api, None), Settings(progress_seconds=5.0), _no_event)
+    record = JobRecord(scraped_at=time.monotonic() - 60)  # the last scrape, long ago
+    finished = PodState("j-node-0", "p0", naming.ROLE_NODE, 0, "Running", False, False,
+                        exit_code=0, message="pretrain_train_step 24")  # fmt: skip
+    report = run(lambda: ctl._metrics(record, [finished]))
+    assert report is not None
+    assert report.step == 24
+    look = ctl._next_look(record, JobStatus(phase="Running"))
+    assert look is not None
+    assert look > 4
+
+
+def test_a_key_requeued_at_once_by_a_reconcile_that_never_waits_does_not_starve_the_loop() -> None:
+    """A reconcile that makes no API call never suspends: the worker must still let the rest
+    of the event loop (the watches that fill the indexes) run between two of its keys."""
+
+    async def scenario() -> int:
+        queue: WorkQueue[str] = WorkQueue("fairness")
+        calls = 0
+
+        async def reconcile(_: str) -> Outcome:
+            nonlocal calls
+            calls += 1
+            if calls > 10_000:  # starved: stop, so the test fails rather than hangs
+                queue.shut_down()
+            return Outcome(requeue_after=0)
+
+        workers = start_workers(queue, 1, reconcile, logging.getLogger("test"))
+        queue.add("job")
+        await asyncio.sleep(0.01)  # only runs again if the worker yields
+        seen = calls
+        queue.shut_down()
+        await asyncio.gather(*workers)
+        return seen
+
+    assert run(scenario) < 10_000

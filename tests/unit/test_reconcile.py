@@ -222,6 +222,18 @@ def test_success_then_ttl() -> None:
     assert later.delete_job
 
 
+def test_a_trainer_that_exited_0_finishes_the_job_before_the_kubelet_says_succeeded() -> None:
+    """The kubelet writes the container's end, then (once the pod has stopped) the phase: the
+    job is done at the first, and the finished pod is kept (its logs), not deleted."""
+    finished = node(0, "Running", False, exit_code=0, reason="Completed")
+    done = plan(pretrain(), running(2), 1, [finished, node(1), rendezvous()], NOW)
+    assert done.status.phase == Phase.SUCCEEDED
+    assert "j-node-0" not in done.delete_pods
+    assert "j-node-1" in done.delete_pods  # still running: stopped, as at any success
+    again = plan(pretrain(), done.status, 1, [finished, rendezvous()], seconds(1))
+    assert "j-node-0" not in again.delete_pods
+
+
 def test_a_finished_job_without_a_ttl_asks_for_no_further_look() -> None:
     done = plan(pretrain(), JobStatus(), 1, [node(0, "Succeeded", False), rendezvous()], NOW)
     assert plan(pretrain(), done.status, 1, [], seconds(30)).requeue_after is None

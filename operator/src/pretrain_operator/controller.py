@@ -267,7 +267,9 @@ class Controller:
         nodes = [p for p in pods if p.role == naming.ROLE_NODE and p.message]
         reports = [parse_metrics(p.message) for p in nodes if p.exit_code == 0]
         final = next((r for r in reports if r.step is not None), None)
+        now = time.monotonic()
         if final is not None:
+            record.scraped_at = now  # as fresh as a scrape: the next one is not due yet
             return final
         stopped = [parse_metrics(p.message) for p in nodes
                    if p.exit_code == naming.EXIT_TERMINATED]  # fmt: skip
@@ -275,7 +277,6 @@ class Controller:
             (p for p in pods if p.role == naming.ROLE_NODE and p.ready and p.ip),
             key=lambda p: p.index or 0,
         )
-        now = time.monotonic()
         live = None
         if not ready:
             record.scraped_at = None  # the first pod to be ready is scraped at once

@@ -37,12 +37,21 @@ class PodState:
         return self.phase == "Failed" and not self.deleting
 
     @property
+    def completed(self) -> bool:
+        """The trainer exited 0: torchrun finished. The kubelet writes the container's end
+        before the Succeeded phase (once the whole pod has stopped), and with restartPolicy
+        Never an exit 0 stays one, so it counts as soon as it shows."""
+        return self.phase == "Succeeded" or (self.exit_code == 0 and self.phase != "Failed")
+
+    @property
     def disrupted(self) -> bool:
         return bool(self.disruption)
 
     @property
     def active(self) -> bool:
-        return self.phase in {"Pending", "Running", "Unknown"} and not self.deleting
+        """Still training or about to: not finished, not going away."""
+        return (self.phase in {"Pending", "Running", "Unknown"} and not self.deleting
+                and not self.completed)  # fmt: skip
 
 
 def _disruption(conditions: dict[str, dict[str, Any]]) -> str:

@@ -396,8 +396,7 @@ def plan(
 
     # A node pod that exited 0 means torchrun finished: the training is complete (not one
     # stopped for a resize, whatever it exited with).
-    done = next((p for i, p in node_pods.items() if p.phase == "Succeeded" and i not in outdated),
-                None)  # fmt: skip
+    done = next((p for i, p in node_pods.items() if p.completed and i not in outdated), None)
     if done is not None:
         _finish(result, Phase.SUCCEEDED, "TrainingComplete",
                 f"training finished ({done.name} exited 0)", generation, now)  # fmt: skip

@@ -176,5 +176,9 @@ def start_workers(
                 queue.forget(key)
             if outcome.requeue_after is not None:
                 queue.add_after(key, outcome.requeue_after)
+            # A reconcile that made no API call never gave the loop up, and the queue's get does
+            # not when a key is waiting: yield, or a job requeued at once would starve the
+            # watches that fill the indexes (and so never see what would end its loop).
+            await asyncio.sleep(0)
 
     return [asyncio.create_task(work(), name=f"{queue.name}-worker-{n}") for n in range(count)]
