@@ -77,11 +77,14 @@ typecheck: venv ## mypy, strict
 test-image: venv debian
 	$(PY) tests/image_builds.py trainer
 
+# Two pytest workers: the cluster tests (mostly waiting on pods and timeouts) in one, the
+# training and unit tests beside them (tests/scheduling.py). PYTEST_WORKERS=0: serially.
+PYTEST_WORKERS ?= 2
 .PHONY: test
 test: venv ## set up what is missing, then lint, type-check and run every test
 	$(MAKE) --no-print-directory -j4 --output-sync=target debian tools lint typecheck \
 		$(if $(PYTEST_ARGS),,test-image)  # a subset builds it only if a test of it needs it
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -n $(PYTEST_WORKERS) --dist loadscope $(PYTEST_ARGS)
 
 # ---- the local control plane ------------------------------------------------------------
 

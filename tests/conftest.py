@@ -28,6 +28,7 @@ from image_builds import STORAGE_DRIVER, build, image_name
 from operator_process import OperatorProcess, install_chart, token_kubeconfig
 from pinned_tokenizers import install as install_pinned_tokenizers
 from pretrain_trainer.corpus import build_image_corpus, build_text_corpus
+from scheduling import CLUSTER_DIRECTORIES, ClusterApart, misplaced_cluster_tests
 
 # Training in this process uses the threads of CI's 2-core machine, whatever this machine has: a
 # float reduction split over other threads sums in another order, and the figures would differ.
@@ -40,6 +41,21 @@ def pytest_configure(config: pytest.Config) -> None:
     import torch
 
     torch.set_num_threads(TRAINING_THREADS)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> ClusterApart | None:
+    """`make test`'s two workers: the cluster tests in one, the rest beside them."""
+    return ClusterApart(config, log) if config.getvalue("dist") == "loadscope" else None
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    misplaced = misplaced_cluster_tests(items)
+    if misplaced:
+        raise pytest.UsageError(
+            f"tests using the cluster fixture belong under {' or '.join(CLUSTER_DIRECTORIES)}"
+            f" (make test runs those in one worker): {', '.join(misplaced)}"
+        )
 
 
 @pytest.fixture

@@ -40,7 +40,9 @@ from pretrain_trainer.export import export_model
 from pretrain_trainer.finetune.base import load_base
 from pretrain_trainer.tokenizer import load_tokenizer
 
-pytestmark = pytest.mark.slow
+# The first test of a task trains its base (the digits' 1500 MAE steps take 2-6 minutes, the
+# longer while the cluster tests share the cores): more than the suite's 600 s may be needed.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
 TRAINING = {"precision": "fp32", "schedule": {"warmupSteps": 5}}
 # The bases of the vit and bert tasks are the pre-trainings at which our own PretrainJob pays
