@@ -84,7 +84,9 @@ PYTEST_WORKERS ?= 2
 test: venv ## set up what is missing, then lint, type-check and run every test
 	$(MAKE) --no-print-directory -j4 --output-sync=target debian tools lint typecheck \
 		$(if $(PYTEST_ARGS),,test-image)  # a subset builds it only if a test of it needs it
-	$(VENV)/bin/pytest -n $(PYTEST_WORKERS) --dist loadscope $(PYTEST_ARGS)
+	# The training in pytest's processes shares the two cores with the cluster's pods: OpenMP
+	# threads sleep while they wait (pretrain_operator.launch.ENVIRONMENT says why).
+	OMP_WAIT_POLICY=PASSIVE $(VENV)/bin/pytest -n $(PYTEST_WORKERS) --dist loadscope $(PYTEST_ARGS)
 
 # ---- the local control plane ------------------------------------------------------------
 
