@@ -65,7 +65,7 @@ def test_the_operator_image_runs_and_prints_its_version(
     # The user, the controller's libraries, no torch (the operator stays small), the
     # debootstrapped Debian underneath.
     probe = (
-        "id -u; python -c 'import kopf, kubernetes_asyncio, prometheus_client' && echo imports;"
+        "id -u; python -c 'import kopf, prometheus_client, pretrain_operator.kube' && echo imports;"
         " python -c 'import torch' 2>/dev/null || echo no-torch; . /etc/os-release; echo $VERSION"
     )
     assert run(name, "sh", "-c", probe).stdout.split("\n")[:4] == [

@@ -117,7 +117,7 @@ async def _run(args: argparse.Namespace) -> int:
         api = await kube.connect()
         identity = f"{socket.gethostname()}_{uuid.uuid4()}"  # client-go's: host, then a uuid
         elector = leader.LeaderElector(
-            api.api_client, _lease_namespace(args.leader_election_namespace),
+            api.rest, _lease_namespace(args.leader_election_namespace),
             args.leader_election_id, identity,
         )  # fmt: skip
         metrics.LEADER.labels(args.leader_election_id).set(0)

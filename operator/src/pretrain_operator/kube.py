@@ -1,55 +1,39 @@
-"""All the operator's API calls, async (kubernetes_asyncio): the only module that does I/O
+"""All the operator's API calls, async (over `restclient`): the only module that does I/O
 against the API server or the trainer pods."""
 
 from __future__ import annotations
 
 import datetime
-import os
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
-from kubernetes_asyncio import client, config
-from kubernetes_asyncio.client.exceptions import ApiException
 
 from pretrain_operator import API_GROUP, API_VERSION, naming
 from pretrain_operator.api import Kind
+from pretrain_operator.restclient import JSON_PATCH, MERGE_PATCH, ApiError, RestClient, collection
 
 Manifest = dict[str, Any]
 SCRAPE_TIMEOUT = aiohttp.ClientTimeout(total=2)
+# The core kinds the operator creates, by their plural (other kinds: the kind in lower case + s).
+CORE_KINDS = {"Pod": "pods", "Service": "services", "ConfigMap": "configmaps"}
 
 
 @dataclass
 class Api:
-    """Typed API groups over one connection."""
+    """The API server, and a session of its own for the trainers' metrics endpoints."""
 
-    api_client: client.ApiClient
+    rest: RestClient
     http: aiohttp.ClientSession
-
-    @property
-    def core(self) -> client.CoreV1Api:
-        return client.CoreV1Api(self.api_client)
-
-    @property
-    def custom(self) -> client.CustomObjectsApi:
-        return client.CustomObjectsApi(self.api_client)
-
-    @property
-    def policy(self) -> client.PolicyV1Api:
-        return client.PolicyV1Api(self.api_client)
 
     async def close(self) -> None:
         await self.http.close()
-        await self.api_client.close()
+        await self.rest.close()
 
 
 async def connect() -> Api:
     """In a pod: its ServiceAccount; elsewhere: KUBECONFIG (or ~/.kube/config)."""
-    if os.environ.get("KUBERNETES_SERVICE_HOST") and not os.environ.get("KUBECONFIG"):
-        config.load_incluster_config()
-    else:
-        await config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
-    return Api(client.ApiClient(), aiohttp.ClientSession(timeout=SCRAPE_TIMEOUT))
+    return Api(RestClient.connect(), aiohttp.ClientSession(timeout=SCRAPE_TIMEOUT))
 
 
 class MissingApiError(RuntimeError):
@@ -59,71 +43,56 @@ class MissingApiError(RuntimeError):
 def namespace_terminating(error: Exception) -> bool:
     """Creating in a namespace that is being deleted is refused; its jobs go with it."""
     return (
-        isinstance(error, ApiException)
+        isinstance(error, ApiError)
         and error.status == 403
-        and "because it is being terminated" in str(error.body)
+        and "because it is being terminated" in error.body
     )
 
 
-def _conflict(error: ApiException) -> bool:
-    return error.status == 409
+def _not_served(manifest: Manifest) -> MissingApiError:
+    return MissingApiError(f"{manifest['apiVersion']} {manifest['kind']} is not served")
+
+
+def _path(manifest: Manifest) -> str:
+    """The collection `manifest` belongs to."""
+    kind, api_version = manifest["kind"], manifest["apiVersion"]
+    plural = CORE_KINDS.get(kind, kind.lower() + "s")  # PodDisruptionBudget, PodGroup, ...
+    return collection(api_version, manifest["metadata"]["namespace"], plural)
 
 
 async def create(api: Api, manifest: Manifest) -> str | None:
     """Create `manifest`; return its uid, or None if it exists already (create-if-absent)."""
-    namespace = manifest["metadata"]["namespace"]
-    kind = manifest["kind"]
     try:
-        if kind == "Pod":
-            created = await api.core.create_namespaced_pod(namespace, manifest)
-        elif kind == "Service":
-            created = await api.core.create_namespaced_service(namespace, manifest)
-        elif kind == "ConfigMap":
-            created = await api.core.create_namespaced_config_map(namespace, manifest)
-        elif kind == "PodDisruptionBudget":
-            created = await api.policy.create_namespaced_pod_disruption_budget(namespace, manifest)
-        else:  # a custom object, e.g. a PodGroup
-            group, version = manifest["apiVersion"].split("/")
-            body = await api.custom.create_namespaced_custom_object(
-                group, version, namespace, kind.lower() + "s", manifest
-            )
-            return str(body["metadata"]["uid"])
-    except ApiException as error:
-        if _conflict(error):
+        created = await api.rest.request("POST", _path(manifest), manifest)
+    except ApiError as error:
+        if error.status == 409:
             return None
-        if error.status == 404 and kind not in {"Pod", "Service", "ConfigMap"}:
-            raise MissingApiError(f"{manifest['apiVersion']} {kind} is not served") from error
+        if error.status == 404 and manifest["kind"] not in CORE_KINDS:
+            raise _not_served(manifest) from error
         raise
-    return str(created.metadata.uid)
+    return str(created["metadata"]["uid"])
 
 
 async def update(api: Api, manifest: Manifest) -> None:
     """Bring an existing child's content up to `manifest` (a merge patch of what the spec
     decides): the ConfigMap's data, a budget's or PodGroup's spec. Services never change."""
-    metadata, kind = manifest["metadata"], manifest["kind"]
-    name, namespace = metadata["name"], metadata["namespace"]
-    if kind == "ConfigMap":
-        await api.core.patch_namespaced_config_map(name, namespace, {"data": manifest["data"]})
-    elif kind == "PodDisruptionBudget":
-        await api.policy.patch_namespaced_pod_disruption_budget(
-            name, namespace, {"spec": manifest["spec"]}
-        )
-    elif kind != "Service":  # a custom object, e.g. a PodGroup
-        group, version = manifest["apiVersion"].split("/")
-        try:
-            await api.custom.patch_namespaced_custom_object(
-                group, version, namespace, kind.lower() + "s", name, {"spec": manifest["spec"]}
-            )
-        except ApiException as error:
-            if error.status == 404:
-                raise MissingApiError(f"{manifest['apiVersion']} {kind} is not served") from error
-            raise
+    kind = manifest["kind"]
+    if kind == "Service":
+        return
+    change = {"data": manifest["data"]} if kind == "ConfigMap" else {"spec": manifest["spec"]}
+    path = f"{_path(manifest)}/{manifest['metadata']['name']}"
+    try:
+        await api.rest.request("PATCH", path, change, content_type=MERGE_PATCH)
+    except ApiError as error:
+        if error.status == 404 and kind not in CORE_KINDS:
+            raise _not_served(manifest) from error
+        raise
 
 
 async def delete_pod(api: Api, namespace: str, name: str) -> None:
     try:
-        await api.core.delete_namespaced_pod(name, namespace)
-    except ApiException as error:
+        await api.rest.request("DELETE", f"{collection('v1', namespace, 'pods')}/{name}")
+    except ApiError as error:
         if error.status != 404:
             raise
 
@@ -131,29 +100,32 @@ async def delete_pod(api: Api, namespace: str, name: str) -> None:
 async def secret_exists(api: Api, namespace: str, name: str) -> bool:
     """Whether the Secret is there; its data is read by the API call and dropped unseen."""
     try:
-        await api.core.read_namespaced_secret(name, namespace)
-    except ApiException as error:
+        await api.rest.request("GET", f"{collection('v1', namespace, 'secrets')}/{name}")
+    except ApiError as error:
         if error.status == 404:
             return False
         raise
     return True
 
 
+def _job_path(kind: Kind, namespace: str, name: str) -> str:
+    return f"{collection(f'{API_GROUP}/{API_VERSION}', namespace, kind.plural)}/{name}"
+
+
 async def write_status(
     api: Api, kind: Kind, namespace: str, name: str, status: dict[str, Any]
 ) -> None:
     """Replace the whole status (a merge patch could not drop keys of maps such as podUids)."""
-    await api.custom.patch_namespaced_custom_object_status(
-        API_GROUP, API_VERSION, namespace, kind.plural, name,
-        [{"op": "add", "path": "/status", "value": status}],
-    )  # fmt: skip
+    await api.rest.request("PATCH", f"{_job_path(kind, namespace, name)}/status",
+                           [{"op": "add", "path": "/status", "value": status}],
+                           content_type=JSON_PATCH)  # fmt: skip
 
 
 async def post_event(api: Api, body: Manifest, type_: str, reason: str, message: str) -> None:
     """A core/v1 Event on the job, as `kubectl describe` shows it (kopf.event works only inside
     kopf's per-object tasks; our workers are not one)."""
     meta = body["metadata"]
-    now = datetime.datetime.now(datetime.UTC)
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     event = {
         "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
         "involvedObject": {
@@ -165,15 +137,14 @@ async def post_event(api: Api, body: Manifest, type_: str, reason: str, message:
         "source": {"component": "pretrain-operator"},
         "reportingComponent": "pretrain-operator",
     }  # fmt: skip
-    await api.core.create_namespaced_event(meta["namespace"], event)
+    await api.rest.request("POST", collection("v1", meta["namespace"], "events"), event)
 
 
 async def delete_job(api: Api, kind: Kind, namespace: str, name: str) -> None:
     try:
-        await api.custom.delete_namespaced_custom_object(
-            API_GROUP, API_VERSION, namespace, kind.plural, name, propagation_policy="Background"
-        )
-    except ApiException as error:
+        await api.rest.request("DELETE", _job_path(kind, namespace, name),
+                               {"propagationPolicy": "Background"})  # fmt: skip
+    except ApiError as error:
         if error.status != 404:
             raise
 

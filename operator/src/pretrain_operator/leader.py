@@ -22,8 +22,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from kubernetes_asyncio import client
-from kubernetes_asyncio.client.exceptions import ApiException
+import aiohttp
+
+from pretrain_operator.restclient import ApiError, RestClient, collection
 
 LEASE_SECONDS = 15
 RENEW_DEADLINE_SECONDS = 10.0
@@ -31,6 +32,9 @@ RETRY_PERIOD_SECONDS = 2.0
 JITTER = 0.5  # a retry waits 2 s to 3 s (client-go: up to 4.4 s): a takeover within 20 s
 
 logger = logging.getLogger("pretrain_operator.leader")
+# What a round that could not reach a decision raises: the API server refused, restarts or is
+# unreachable.
+API_ERRORS = (ApiError, aiohttp.ClientError, OSError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,20 +80,14 @@ def next_record(
     return LeaseRecord(identity, LEASE_SECONDS, stamp, stamp, transitions)
 
 
-def _wire_time(value: Any) -> str:
-    if isinstance(value, datetime.datetime):
-        return micro_time(value)
-    return str(value or "")
-
-
-def _read_record(lease: Any) -> LeaseRecord:
-    spec = lease.spec
+def _read_record(lease: dict[str, Any]) -> LeaseRecord:
+    spec = lease.get("spec") or {}
     return LeaseRecord(
-        holder=spec.holder_identity or "",
-        duration_seconds=int(spec.lease_duration_seconds or LEASE_SECONDS),
-        acquire_time=_wire_time(spec.acquire_time),
-        renew_time=_wire_time(spec.renew_time),
-        transitions=int(spec.lease_transitions or 0),
+        holder=spec.get("holderIdentity") or "",
+        duration_seconds=int(spec.get("leaseDurationSeconds") or LEASE_SECONDS),
+        acquire_time=spec.get("acquireTime") or "",
+        renew_time=spec.get("renewTime") or "",
+        transitions=int(spec.get("leaseTransitions") or 0),
     )
 
 
@@ -105,7 +103,7 @@ def _spec(record: LeaseRecord) -> dict[str, Any]:
 
 @dataclass
 class LeaderElector:
-    api_client: client.ApiClient
+    rest: RestClient
     namespace: str
     name: str
     identity: str
@@ -115,8 +113,12 @@ class LeaderElector:
     _renewed_at: float = 0.0
 
     @property
-    def _api(self) -> client.CoordinationV1Api:
-        return client.CoordinationV1Api(self.api_client)
+    def _leases(self) -> str:
+        return collection("coordination.k8s.io/v1", self.namespace, "leases")
+
+    @property
+    def _path(self) -> str:
+        return f"{self._leases}/{self.name}"
 
     async def acquire(self) -> None:
         """Return once this process holds the Lease (a standby waits here)."""
@@ -138,7 +140,7 @@ class LeaderElector:
             remaining = RENEW_DEADLINE_SECONDS - (self.clock() - self._renewed_at)
             try:
                 renewed = await asyncio.wait_for(self._try(), timeout=max(remaining, 0.1))
-            except (TimeoutError, ApiException, OSError) as error:
+            except (TimeoutError, *API_ERRORS) as error:
                 logger.warning("renewing the Lease failed: %s", error)
                 renewed = False
             if renewed:
@@ -153,7 +155,7 @@ class LeaderElector:
     async def _try_logged(self) -> bool:
         try:
             return await self._try()
-        except (ApiException, OSError) as error:  # the API server restarts, RBAC is missing
+        except API_ERRORS as error:  # the API server restarts, RBAC is missing
             logger.warning("reading the Lease %s/%s failed: %s", self.namespace, self.name, error)
             return False
 
@@ -162,22 +164,23 @@ class LeaderElector:
         if self._observed is None or self._observed.holder != self.identity:
             return
         try:
-            lease = await self._api.read_namespaced_lease(self.name, self.namespace)
+            lease = await self.rest.request("GET", self._path)
             if _read_record(lease).holder != self.identity:
                 return
             released = LeaseRecord("", 1, "", micro_time(_now()), self._observed.transitions)
             body = {"metadata": {"name": self.name, "namespace": self.namespace,
-                                 "resourceVersion": lease.metadata.resource_version},
+                                 "resourceVersion": lease["metadata"]["resourceVersion"]},
                     "spec": _spec(released)}  # fmt: skip
-            await self._api.replace_namespaced_lease(self.name, self.namespace, body)
-        except (ApiException, OSError) as error:
+            await self.rest.request("PUT", self._path, body)
+        except API_ERRORS as error:
             logger.warning("could not release the Lease: %s", error)
 
     async def _try(self) -> bool:
         """One round of client-go's tryAcquireOrRenew; True when this process holds it."""
+        lease: dict[str, Any] | None
         try:
-            lease = await self._api.read_namespaced_lease(self.name, self.namespace)
-        except ApiException as error:
+            lease = await self.rest.request("GET", self._path)
+        except ApiError as error:
             if error.status != 404:
                 raise
             lease = None
@@ -192,15 +195,13 @@ class LeaderElector:
         metadata: dict[str, Any] = {"name": self.name, "namespace": self.namespace}
         try:
             if lease is None:
-                await self._api.create_namespaced_lease(
-                    self.namespace, {"metadata": metadata, "spec": _spec(wanted)}
-                )
+                await self.rest.request("POST", self._leases,
+                                        {"metadata": metadata, "spec": _spec(wanted)})  # fmt: skip
             else:
-                metadata["resourceVersion"] = lease.metadata.resource_version
-                await self._api.replace_namespaced_lease(
-                    self.name, self.namespace, {"metadata": metadata, "spec": _spec(wanted)}
-                )
-        except ApiException as error:
+                metadata["resourceVersion"] = lease["metadata"]["resourceVersion"]
+                await self.rest.request("PUT", self._path,
+                                        {"metadata": metadata, "spec": _spec(wanted)})  # fmt: skip
+        except ApiError as error:
             if error.status == 409:  # another candidate wrote first
                 return False
             raise
