@@ -5,7 +5,10 @@ the operator's own histogram, and the operator's memory.
 Systems, one after the other on the same control plane, each in a namespace of its own (deleted,
 and its pods gone, before the next starts):
 - ours: `python -m pretrain_operator` (default settings), PretrainJobs with replicas 4..4. It
-  creates a ConfigMap, two Services, the rendezvous pod and 4 node pods per job.
+  creates a ConfigMap, two Services, the rendezvous pod and 4 node pods per job. It runs from a
+  venv that holds what the operator image holds (the lock's controller share): the development
+  venv also has the Kubernetes client libraries, which kopf imports when they are installed
+  (about 100 MiB the deployed operator does not carry).
 - kubeflow: the training operator (`training-operator.v1`, default settings, only PyTorchJob
   enabled), PyTorchJobs of 1 master + 3 workers. It creates 4 pods and 4 Services per job.
 - floor: no operator; this process creates 4 pods per job itself with one synchronous client,
@@ -40,7 +43,7 @@ from kubernetes.client.exceptions import ApiException
 
 from bench import kubeflow
 from bench.stats import difference, histogram_buckets, histogram_quantile
-from devcluster import tools
+from devcluster import lock, tools
 from devcluster.controlplane import LocalCluster, free_port
 from devcluster.nodes import NodeShape, create_node, node_ready
 from devcluster.waiting import exists, wait_until
@@ -135,13 +138,32 @@ def _healthy(url: str, process: subprocess.Popen[bytes], log: Path) -> bool:
         return False
 
 
+def operator_environment(work: Path) -> Path:
+    """The python of a venv with the operator image's packages, installed as its Dockerfile
+    does: the lock's export with hashes, then our project without dependencies."""
+    venv, requirements = work / "operator-venv", work / "operator-requirements.txt"
+    requirements.write_text(lock.exported("operator"))
+    python = venv / "bin" / "python"
+    uv = str(lock.uv())
+    for command in (
+        [uv, "venv", "--quiet", "--python", sys.executable, str(venv)],
+        [uv, "pip", "install", "--quiet", "--python", str(python), "--require-hashes", "-r",
+         str(requirements)],
+        [uv, "pip", "install", "--quiet", "--python", str(python), "--no-deps",
+         str(ROOT / "operator")],
+    ):  # fmt: skip
+        subprocess.run(command, check=True)
+    return python
+
+
 def start_ours(kubeconfig: Path, work: Path) -> Process:
     metrics, health = free_port(), free_port()
     log = work / "pretrain-operator.log"
     env = {**os.environ, "KUBECONFIG": str(kubeconfig), "PYTHONUNBUFFERED": "1"}
     with log.open("ab") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "pretrain_operator", f"--metrics-port={metrics}",
+            [str(operator_environment(work)), "-m", "pretrain_operator",
+             f"--metrics-port={metrics}",
              f"--health-port={health}"],
             env=env, stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
