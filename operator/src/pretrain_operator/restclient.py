@@ -43,12 +43,15 @@ def _login() -> kopf.ConnectionInfo:
     return info
 
 
-def _session(info: kopf.ConnectionInfo) -> aiohttp.ClientSession:
-    return aiohttp.ClientSession(
+def _connection() -> tuple[str, aiohttp.ClientSession]:
+    """The server's URL, and a session with the credentials of a fresh login."""
+    info = _login()
+    session = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(ssl=info.as_ssl_context()),
         headers={**info.as_http_headers(), "User-Agent": "pretrain-operator"},
         timeout=REQUEST_TIMEOUT,
     )
+    return info.server.rstrip("/"), session
 
 
 @dataclass
@@ -58,37 +61,33 @@ class RestClient:
 
     @classmethod
     def connect(cls) -> RestClient:
-        info = _login()
-        return cls(info.server.rstrip("/"), _session(info))
+        return cls(*_connection())
 
     async def request(
-        self, method: str, path: str, body: Any = None, *, content_type: str = JSON,
-        params: dict[str, str] | None = None,
-    ) -> dict[str, Any]:  # fmt: skip
+        self, method: str, path: str, body: Any = None, *, content_type: str = JSON
+    ) -> dict[str, Any]:
         """The decoded reply; ApiError outside 2xx. A 401 logs in again once: a projected
         ServiceAccount token is rotated under a running pod."""
         data = None if body is None else json.dumps(body)
         headers = {"Content-Type": content_type} if body is not None else {}
-        status, reason, text = await self._send(method, path, data, headers, params)
+        status, reason, text = await self._send(method, path, data, headers)
         if status == 401:
             await self._login_again()
-            status, reason, text = await self._send(method, path, data, headers, params)
+            status, reason, text = await self._send(method, path, data, headers)
         if status >= 300:
             raise ApiError(status, reason, text)
         return dict(json.loads(text)) if text else {}
 
     async def _send(
-        self, method: str, path: str, data: str | None, headers: dict[str, str],
-        params: dict[str, str] | None,
-    ) -> tuple[int, str, str]:  # fmt: skip
-        async with self.session.request(method, self.server + path, data=data, headers=headers,
-                                        params=params) as reply:  # fmt: skip
+        self, method: str, path: str, data: str | None, headers: dict[str, str]
+    ) -> tuple[int, str, str]:
+        url = self.server + path
+        async with self.session.request(method, url, data=data, headers=headers) as reply:
             return reply.status, reply.reason or "", await reply.text()
 
     async def _login_again(self) -> None:
         await self.session.close()
-        info = _login()
-        self.server, self.session = info.server.rstrip("/"), _session(info)
+        self.server, self.session = _connection()
 
     async def close(self) -> None:
         await self.session.close()
