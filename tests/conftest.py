@@ -29,6 +29,7 @@ from operator_process import OperatorProcess, install_chart, token_kubeconfig
 from pinned_tokenizers import install as install_pinned_tokenizers
 from pretrain_trainer.corpus import build_image_corpus, build_text_corpus
 from scheduling import CLUSTER_DIRECTORIES, ClusterApart, misplaced_cluster_tests
+from worker_times import lines as time_lines
 
 # Training in this process uses the threads of CI's 2-core machine, whatever this machine has: a
 # float reduction split over other threads sums in another order, and the figures would differ.
@@ -80,6 +81,12 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.section("training figures")
         for row in rows:
             terminalreporter.line(row)
+    timed = [report for category in terminalreporter.stats.values() for report in category
+             if isinstance(report, pytest.TestReport)]  # fmt: skip
+    if timed:
+        terminalreporter.section("time by worker and by file (setup, call, teardown)")
+        for line in time_lines(timed):
+            terminalreporter.line(line)
 
 
 RESTRICTED_LABELS = {
