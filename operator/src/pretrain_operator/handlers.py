@@ -39,6 +39,22 @@ class JobKey(NamedTuple):
     name: str
 
 
+class NoDiffBase(kopf.DiffBaseStorage):
+    """No diff base: this operator has event and index handlers only, no change handlers
+    (on.create/update/resume), so kopf's diff of each event against the last handled state
+    serves nothing. Its default builds that state for every event of every pod: two deep
+    copies of the body and a diff of them."""
+
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> kopf.BodyEssence:
+        return kopf.BodyEssence()
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        return None
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        return None
+
+
 def _kind(name: str) -> Kind:
     return PRETRAIN_JOB if name == PRETRAIN_JOB.kind else FINETUNE_JOB
 
@@ -54,6 +70,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: An
     settings.posting.level = logging.WARNING  # kopf's own chatter; ours goes through kube
     settings.watching.server_timeout = 300
     settings.networking.request_timeout = 30
+    settings.persistence.diffbase_storage = NoDiffBase()
 
     api = await kube.connect()
 
