@@ -82,7 +82,7 @@ class Controller:
         self,
         kind: Kind,
         body: Mapping[str, Any],
-        pods: Sequence[Mapping[str, Any]],
+        pods: Sequence[PodState],
         base: Mapping[str, Any] | None = None,
     ) -> Outcome:
         """Reconcile one job (the queue runs one at a time per job); the outcome says when it
@@ -136,7 +136,7 @@ class Controller:
         self,
         kind: Kind,
         body: Mapping[str, Any],
-        pods: Sequence[Mapping[str, Any]],
+        pods: Sequence[PodState],
         base_body: Mapping[str, Any] | None,
     ) -> float | None:
         meta = body["metadata"]
@@ -158,7 +158,7 @@ class Controller:
             record.missing_apis = await self._apply_static(job)
             record.static_generation = generation
 
-        states = self._expected(record, [pod_state(dict(p)) for p in pods])
+        states = self._expected(record, list(pods))
         gone = dict(record.gone)
         absent = await self._missing_secrets(job, states)
         scraped = await self._metrics(record, states)
@@ -307,8 +307,9 @@ class Controller:
     async def _post(self, body: Mapping[str, Any], event: Event) -> None:
         try:
             await self.post_event(dict(body), event.type, event.reason, event.message)
-        except Exception:
-            self.logger.exception("could not post event %s", event.reason)
+        except Exception as error:
+            if not kube.namespace_terminating(error):  # else the job goes with its namespace
+                self.logger.exception("could not post event %s", event.reason)
 
     def _observe(
         self,

@@ -5,9 +5,10 @@ Why one queue fed by thin handlers rather than kopf's per-event handlers (or a d
 every event of every pod used to run a whole reconcile of its job, and a timer ran one more for
 every job. As in controller-runtime, an event now only marks its job dirty; a burst of events is
 one reconcile, never two of one job at once, a bounded number of jobs at a time, in arrival
-order. The worker reads the latest job and pods from kopf's indexes when it starts, not the
-body of the event that queued it. Jobs come back by themselves only when their plan asks
-(a backoff ends, a TTL expires, a Running job's progress is due), not on a timer.
+order; a job's pod events within POD_EVENT_BATCH_SECONDS are one burst. The worker reads the
+latest job and pods from kopf's indexes when it starts, not the body of the event that queued
+it. Jobs come back by themselves only when their plan asks (a backoff ends, a TTL expires, a
+Running job's progress is due), not on a timer.
 
 kopf's own event handlers carry no state (no annotations are written for them), so the only
 writes to a job are the operator's status.
@@ -25,11 +26,16 @@ import kopf
 from pretrain_operator import API_GROUP, API_VERSION, kube, naming
 from pretrain_operator.api import FINETUNE_JOB, KINDS, PRETRAIN_JOB, Kind
 from pretrain_operator.controller import SETTINGS, Controller
+from pretrain_operator.observe import pod_state
 from pretrain_operator.workqueue import Outcome, WorkQueue, start_workers
 
 PodKey = tuple[str, str, str]  # (namespace, kind, job name)
 INDEXES = ("job_pods", "pretrain_jobs", "finetune_jobs")  # kopf passes them by these names
 QUEUE_NAME = "jobs"
+# A job's pod events within this period are one reconcile, as the Job controller of Kubernetes
+# batches them (its syncJobBatchPeriod): pods start, turn ready and stop in bursts, and a queue
+# that keeps up would otherwise reconcile once per pod, not once per burst.
+POD_EVENT_BATCH_SECONDS = 1.0
 logger = logging.getLogger("pretrain_operator")
 
 
@@ -108,7 +114,20 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
 
 @kopf.index("pods", labels={naming.LABEL_JOB: kopf.PRESENT})
 def job_pods(namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any) -> Any:
-    return {(namespace, labels.get(naming.LABEL_KIND, ""), labels[naming.LABEL_JOB]): dict(body)}
+    """Each child pod as the plan sees it, not its body: a pod's parsed JSON (spec, managed
+    fields, every condition) costs tens of KiB of Python objects, its PodState a few hundred
+    bytes, and an operator holds thousands of pods (controller-runtime's cache transforms
+    strip them for the same reason). A pod it cannot read is left out: it counts as lost."""
+    try:
+        state = pod_state(dict(body))
+    except (KeyError, TypeError, ValueError):
+        logger.warning(
+            "pod %s/%s cannot be read; it counts as lost",
+            namespace,
+            body.get("metadata", {}).get("name"),
+        )
+        return None
+    return {(namespace, labels.get(naming.LABEL_KIND, ""), labels[naming.LABEL_JOB]): state}
 
 
 @kopf.index(API_GROUP, API_VERSION, PRETRAIN_JOB.plural)
@@ -178,4 +197,5 @@ async def pod_event(
         return
     controller: Controller = memo.controller
     if controller.pod_changed(job["metadata"]["uid"], type, dict(body)):
-        memo.queue.add(JobKey(kind.kind, namespace, labels[naming.LABEL_JOB]))
+        key = JobKey(kind.kind, namespace, labels[naming.LABEL_JOB])
+        memo.queue.add_after(key, POD_EVENT_BATCH_SECONDS)
