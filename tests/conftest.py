@@ -10,7 +10,7 @@ import re
 import secrets
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 
 import pytest
@@ -24,6 +24,9 @@ from devcluster.system import POD_UID
 from devcluster.volumes import create_bound_claim
 from devcluster.waiting import exists, wait_until
 from e2e_support import job_manifest
+from failure_report import failed as test_failed
+from failure_report import lines as failure_lines
+from failure_report import record as record_outcome
 from image_builds import STORAGE_DRIVER, build, image_name
 from operator_process import OperatorProcess, install_chart, token_kubeconfig
 from pinned_tokenizers import install as install_pinned_tokenizers
@@ -57,6 +60,15 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             f"tests using the cluster fixture belong under {' or '.join(CLUSTER_DIRECTORIES)}"
             f" (make test runs those in one worker): {', '.join(misplaced)}"
         )
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    record_outcome(item, report)
+    return report
 
 
 @pytest.fixture
@@ -125,6 +137,11 @@ def namespace(cluster: ClusterSession, request: pytest.FixtureRequest) -> Iterat
         f"ServiceAccount default in {name}",
     )
     yield name
+    if test_failed(request.node):
+        # Printed in teardown: the failure's report shows it under "Captured stdout teardown".
+        uses_operator = "operator" in request.fixturenames
+        log = request.getfixturevalue("operator").log if uses_operator else None
+        print("\n".join(failure_lines(cluster, name, log)))
     core.delete_namespace(name)
 
 

@@ -23,7 +23,7 @@ from devcluster.realnode.cgroups import pod_processes
 from devcluster.realnode.pool import RealNodePool
 from devcluster.session import ClusterSession
 from devcluster.waiting import wait_until
-from e2e_support import CHECKPOINT_EVERY, JobRun
+from e2e_support import CHECKPOINT_EVERY, MAX_STEPS, JobRun
 from operator_process import OperatorProcess
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.usefixtures("operator")]
@@ -75,32 +75,9 @@ def test_a_killed_node_pod_a_killed_rendezvous_and_a_lost_node(
     run = start_job(cluster, namespace, real_nodes, checkpoints)
 
     survive(run, "node pod killed", CHECKPOINT_EVERY + 1, lambda: kill_pod(run, "tiny-node-1"))
-    # The running group does not use the store between rendezvous rounds, so steps go on; the
-    # agents lose it at their next keep-alive and shut their workers down (they save first), and
-    # each pod's supervisor runs torchrun again, which waits for the recreated store: the workers
-    # resume in the same pods, none is replaced.
-    run.wait_step(2 * CHECKPOINT_EVERY + 1)
-    before, fault = run.status().get("restarts", 0), run.mark()
-    kill_pod(run, "tiny-rdzv")
-    first = run.seconds_to_next_step(fault)
-    wait_until(
-        lambda: (
-            any("restart" in r for r in run.records[fault[1] :])
-            or run.status()["phase"] == "Succeeded"
-        ),
-        "the workers to resume after the store was lost",
-        timeout=180,
-    )
-    if run.status()["phase"] != "Succeeded":
-        run.seconds_to_next_step(run.mark())
-        print(
-            f"rendezvous pod killed: {first:.1f}s to the next step, "
-            f"{time.monotonic() - fault[0]:.1f}s to the first step after torchrun's rerun"
-        )
-    else:
-        print(f"rendezvous pod killed: {first:.1f}s to the next step; training had finished")
-    assert run.status().get("restarts", 0) == before  # losing the store took no pod down
 
+    # The lost node comes before the lost store: the group that trains on after the store is
+    # gone can finish the job before its agents notice, and a lost node needs steps left to lose.
     step = max(r["step"] for r in run.records if "loss" in r)
     busiest = max(nodes, key=lambda n: sum(p["spec"]["nodeName"] == n for p in run.pods()))
 
@@ -115,6 +92,33 @@ def test_a_killed_node_pod_a_killed_rendezvous_and_a_lost_node(
         timeout=120,
     )
     assert all(p["spec"]["nodeName"] != busiest for p in moved)
+
+    # The running group does not use the store between rendezvous rounds, so steps go on; the
+    # agents lose it at their next keep-alive and shut their workers down (they save first), and
+    # each pod's supervisor runs torchrun again, which waits for the recreated store: the workers
+    # resume in the same pods, none is replaced. The metrics say when the last step is done (the
+    # status says so a little later).
+    def finished() -> bool:
+        return any(r["step"] == MAX_STEPS and "loss" in r for r in run.records)
+
+    before, fault = run.status().get("restarts", 0), run.mark()
+    kill_pod(run, "tiny-rdzv")
+    first = run.seconds_to_next_step(fault)
+    wait_until(
+        lambda: any("restart" in r for r in run.records[fault[1] :]) or finished(),
+        "the workers to resume after the store was lost",
+        timeout=180,
+    )
+    mark = run.mark()
+    if not finished():  # so the last step comes after the mark, if none before it
+        run.seconds_to_next_step(mark)
+        print(
+            f"rendezvous pod killed: {first:.1f}s to the next step, "
+            f"{time.monotonic() - fault[0]:.1f}s to the first step after torchrun's rerun"
+        )
+    else:
+        print(f"rendezvous pod killed: {first:.1f}s to the next step; training had finished")
+    assert run.status().get("restarts", 0) == before  # losing the store took no pod down
 
     status = run.wait_phase("Succeeded", timeout=600)
     # The killed pod failed; the lost node's pods were disrupted (the pod garbage collector
