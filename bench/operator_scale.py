@@ -42,7 +42,7 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from bench import kubeflow
-from bench.stats import difference, histogram_buckets, histogram_quantile
+from bench.stats import counter_total, difference, histogram_buckets, histogram_quantile
 from devcluster import lock, tools
 from devcluster.controlplane import LocalCluster, free_port
 from devcluster.nodes import NodeShape, create_node, node_ready
@@ -89,6 +89,8 @@ class Result:
     steady_reconciles: int = 0
     steady_rss_start_bytes: int = 0
     steady_rss_end_bytes: int = 0
+    reconcile_errors: int = 0
+    """Reconciles that failed, from the start of the run to the end of the steady period."""
 
 
 # ---- the systems ----
@@ -101,11 +103,17 @@ class Process:
     metrics_url: str
     histogram: str
     labels: dict[str, str]
+    errors: str  # the counter of reconciles that failed
+
+    def _metrics(self) -> str:
+        with urllib.request.urlopen(self.metrics_url, timeout=10) as response:
+            return str(response.read().decode())
 
     def scrape(self) -> list[tuple[float, float]]:
-        with urllib.request.urlopen(self.metrics_url, timeout=10) as response:
-            text = response.read().decode()
-        return histogram_buckets(text, self.histogram, self.labels)
+        return histogram_buckets(self._metrics(), self.histogram, self.labels)
+
+    def reconcile_errors(self) -> int:
+        return int(counter_total(self._metrics(), self.errors))
 
     def memory(self) -> tuple[int, int]:
         """(VmRSS, VmHWM) in bytes, from /proc."""
@@ -175,6 +183,7 @@ def start_ours(kubeconfig: Path, work: Path) -> Process:
         f"http://127.0.0.1:{metrics}/metrics",
         "pretrain_operator_reconcile_duration_seconds",
         {"kind": "PretrainJob"},
+        "pretrain_operator_reconcile_errors_total",
     )
 
 
@@ -208,6 +217,7 @@ def start_kubeflow(kubeconfig: Path, work: Path, core: client.CoreV1Api) -> Proc
         f"http://127.0.0.1:{metrics}/metrics",
         "controller_runtime_reconcile_time_seconds",
         {},
+        "controller_runtime_reconcile_errors_total",
     )
 
 
@@ -297,6 +307,7 @@ def measure(core: client.CoreV1Api, workload: Workload, jobs: int,
     wait_until(lambda: exists(lambda: core.read_namespaced_service_account("default", namespace)),
                f"ServiceAccount default in {namespace}")  # fmt: skip
     before = operator.scrape() if operator else []
+    errors_before = operator.reconcile_errors() if operator else 0
     cpu_before = operator.cpu_seconds() if operator else 0.0
     writes_before = status_writes(server.kubectl, server.kubeconfig, workload.resource)
     expected = jobs * workload.pods_per_job
@@ -327,6 +338,7 @@ def measure(core: client.CoreV1Api, workload: Workload, jobs: int,
         reconcile_p50_seconds=histogram_quantile(buckets, 0.5),
         reconcile_p99_seconds=histogram_quantile(buckets, 0.99),
         rss_bytes=rss, peak_rss_bytes=peak, cpu_seconds=cpu, status_writes=writes, **quiet,
+        reconcile_errors=operator.reconcile_errors() - errors_before if operator else 0,
     )  # fmt: skip
     core.delete_namespace(namespace)
     wait_until(lambda: not exists(lambda: core.read_namespace(namespace)),
@@ -343,7 +355,7 @@ def _steady(workload: Workload, operator: Process, server: ApiServer, seconds: f
     looks = operator.scrape()
     rss_start = operator.memory()[0]
     time.sleep(seconds)
-    return {
+    quiet = {
         "steady_seconds": seconds,
         "steady_status_writes":
             status_writes(server.kubectl, server.kubeconfig, workload.resource) - writes,
@@ -351,6 +363,11 @@ def _steady(workload: Workload, operator: Process, server: ApiServer, seconds: f
         "steady_rss_start_bytes": rss_start,
         "steady_rss_end_bytes": operator.memory()[0],
     }  # fmt: skip
+    end = quiet["steady_rss_end_bytes"] / 2**20
+    print(f"  {workload.system:8} steady {seconds:.0f} s: {quiet['steady_status_writes']} status "
+          f"writes, {quiet['steady_reconciles']} reconciles, RSS {rss_start / 2**20:.0f} -> "
+          f"{end:.0f} MiB", file=sys.stderr, flush=True)  # fmt: skip
+    return quiet
 
 
 def workloads(api: client.ApiClient) -> dict[str, Workload]:
@@ -471,7 +488,8 @@ def run(sizes: list[int], systems: list[str], work: Path, steady: float = 0.0) -
                           f"RSS {result.rss_bytes / 2**20:.0f} MiB, "
                           f"CPU {result.cpu_seconds:.1f} s, "
                           f"{result.reconciles / jobs:.1f} reconciles and "
-                          f"{result.status_writes / jobs:.1f} status writes per job",
+                          f"{result.status_writes / jobs:.1f} status writes per job, "
+                          f"{result.reconcile_errors} reconcile errors",
                           file=sys.stderr, flush=True)  # fmt: skip
                     results.append(result)
             finally:

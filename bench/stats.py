@@ -41,6 +41,16 @@ def histogram_buckets(text: str, name: str, labels: dict[str, str]) -> list[tupl
     return sorted(counts.items())
 
 
+def counter_total(text: str, name: str) -> float:
+    """The sum of every series of one counter in Prometheus text format (0 when absent)."""
+    total = 0.0
+    for line in text.splitlines():
+        match = _SAMPLE.match(line)
+        if match and match["name"] == name:
+            total += float(match["value"])
+    return total
+
+
 def histogram_quantile(buckets: Sequence[tuple[float, float]], fraction: float) -> float:
     """What PromQL's histogram_quantile computes: linear interpolation inside the bucket."""
     if not buckets or buckets[-1][1] == 0:

@@ -7,7 +7,13 @@ import math
 
 import pytest
 
-from bench.stats import difference, histogram_buckets, histogram_quantile, percentile
+from bench.stats import (
+    counter_total,
+    difference,
+    histogram_buckets,
+    histogram_quantile,
+    percentile,
+)
 
 SCRAPE = """\
 # TYPE pretrain_operator_reconcile_duration_seconds histogram
@@ -20,6 +26,17 @@ pretrain_operator_reconcile_duration_seconds_bucket{kind="FinetuneJob",le="1.0"}
 pretrain_operator_reconcile_duration_seconds_bucket{kind="FinetuneJob",le="+Inf"} 7.0
 """
 NAME = "pretrain_operator_reconcile_duration_seconds"
+ERRORS = """\
+# TYPE pretrain_operator_reconcile_errors_total counter
+pretrain_operator_reconcile_errors_total{kind="PretrainJob"} 2.0
+pretrain_operator_reconcile_errors_total{kind="FinetuneJob"} 1.0
+pretrain_operator_reconcile_errors_created{kind="PretrainJob"} 1.7e9
+"""
+
+
+def test_a_counter_adds_up_its_series_and_is_0_when_absent() -> None:
+    assert counter_total(ERRORS, "pretrain_operator_reconcile_errors_total") == 3.0
+    assert counter_total(SCRAPE, "pretrain_operator_reconcile_errors_total") == 0.0
 
 
 def test_buckets_of_one_series_or_of_all_series_added_up() -> None:
