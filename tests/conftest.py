@@ -24,9 +24,7 @@ from devcluster.system import POD_UID
 from devcluster.volumes import create_bound_claim
 from devcluster.waiting import exists, wait_until
 from e2e_support import job_manifest
-from failure_report import failed as test_failed
 from failure_report import lines as failure_lines
-from failure_report import record as record_outcome
 from image_builds import STORAGE_DRIVER, build, image_name
 from operator_process import OperatorProcess, install_chart, token_kubeconfig
 from pinned_tokenizers import install as install_pinned_tokenizers
@@ -66,8 +64,18 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """A cluster test that failed gets a section of what it left in its namespace, taken
+    before its fixtures are torn down (its nodes still serve their pods' logs)."""
     report = yield
-    record_outcome(item, report)
+    names = getattr(item, "funcargs", {})
+    if report.when == "call" and report.failed and "namespace" in names and "cluster" in names:
+        operator = names.get("operator")
+        log = operator.log if isinstance(operator, OperatorProcess) else None
+        try:
+            text = "\n".join(failure_lines(names["cluster"], names["namespace"], log))
+        except Exception as error:  # the report of a failure must not fail the run
+            text = f"could not collect it: {error!r}"
+        report.sections.append(("cluster state at the failure", text))
     return report
 
 
@@ -137,11 +145,6 @@ def namespace(cluster: ClusterSession, request: pytest.FixtureRequest) -> Iterat
         f"ServiceAccount default in {name}",
     )
     yield name
-    if test_failed(request.node):
-        # Printed in teardown: the failure's report shows it under "Captured stdout teardown".
-        uses_operator = "operator" in request.fixturenames
-        log = request.getfixturevalue("operator").log if uses_operator else None
-        print("\n".join(failure_lines(cluster, name, log)))
     core.delete_namespace(name)
 
 

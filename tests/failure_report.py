@@ -10,22 +10,9 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 from devcluster.session import ClusterSession
 
 LOG_LINES = 40
-FAILED_PHASES = pytest.StashKey[set[str]]()
-
-
-def record(item: pytest.Item, report: pytest.TestReport) -> None:
-    """Remember the phases (setup, call) of `item` that failed, for its fixtures' teardown."""
-    if report.failed:
-        item.stash.setdefault(FAILED_PHASES, set()).add(report.when)
-
-
-def failed(item: pytest.Item) -> bool:
-    return bool(item.stash.get(FAILED_PHASES, set()))
 
 
 def lines(cluster: ClusterSession, namespace: str, operator_log: Path | None) -> Iterator[str]:

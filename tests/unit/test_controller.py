@@ -208,6 +208,26 @@ def test_a_pod_event_that_changes_nothing_a_plan_sees_is_dropped() -> None:
     assert ctl.pod_changed("other-job", "MODIFIED", pod())  # a job not seen yet: yes
 
 
+def test_a_deleted_pod_that_says_what_it_saved_is_kept_for_the_next_plan() -> None:
+    """Deleted with the step its SIGTERM saved in its termination message: the pod leaves the
+    index before a batched reconcile runs, so its last state must outlive it."""
+    ctl = controller()
+    ctl.records["u1"] = JobRecord()
+    stopped = pod("Failed")
+    stopped["status"]["containerStatuses"] = [{"name": naming.TRAINER_CONTAINER, "state": {
+        "terminated": {"exitCode": naming.EXIT_TERMINATED,
+                       "message": "pretrain_checkpoint_last_step 8\n"}}}]  # fmt: skip
+    assert ctl.pod_changed("u1", "DELETED", stopped)
+    [kept] = ctl.records["u1"].gone.values()
+    assert (kept.exit_code, kept.message) == (
+        naming.EXIT_TERMINATED,
+        "pretrain_checkpoint_last_step 8",
+    )
+    ctl.records["u1"].gone.clear()
+    assert ctl.pod_changed("u1", "DELETED", pod("Running"))
+    assert not ctl.records["u1"].gone  # nothing a plan could not see: not kept
+
+
 @pytest.mark.parametrize("seconds", [30.0, 5.0])
 def test_a_running_job_comes_back_for_its_progress_and_a_finished_one_does_not(
     seconds: float,

@@ -63,8 +63,9 @@ class JobRecord:
     written_wire: dict[str, Any] | None = None  # what is on the job since our last write
     created: dict[str, tuple[str, float]] = field(default_factory=dict)  # pod -> (uid, when)
     deleted: set[str] = field(default_factory=set)  # pod uids
-    # Disrupted pods as their deletion event last showed them, until a plan has seen them: a
-    # pod evicted and deleted within one watch batch is never in the index as terminating.
+    # Pods as their deletion event last showed them, when that says what nothing else will (a
+    # disruption, a termination message: the step a SIGTERM saved), until a plan has seen them:
+    # a pod that stops and is deleted within one batch of events is never seen terminating.
     gone: dict[str, PodState] = field(default_factory=dict)  # pod uid -> last state
     pods: dict[str, PodState] = field(default_factory=dict)  # pod uid -> as last seen
     scraped_at: float | None = None  # monotonic time of the last progress scrape
@@ -112,9 +113,9 @@ class Controller:
 
     def pod_changed(self, job_uid: str, event: str, pod: Mapping[str, Any]) -> bool:
         """Whether a child pod's watch event changes what a plan sees (most do not: a new
-        resourceVersion, a kubelet heartbeat on a condition). A deletion that was a disruption
-        keeps the pod's last state for the next plan (the one thing about a vanished pod the
-        plan cannot see otherwise)."""
+        resourceVersion, a kubelet heartbeat on a condition). A deletion that was a disruption,
+        or whose container left a termination message, keeps the pod's last state for the next
+        plan (what the plan cannot learn of a vanished pod otherwise)."""
         try:
             state = pod_state(dict(pod))
         except (KeyError, TypeError, ValueError):
@@ -124,7 +125,7 @@ class Controller:
             return True
         if event == "DELETED":
             record.pods.pop(state.uid, None)
-            if state.disrupted:
+            if state.disrupted or state.message:
                 record.gone[state.uid] = state
             return True
         if record.pods.get(state.uid) == state:
@@ -161,7 +162,10 @@ class Controller:
         states = self._expected(record, list(pods))
         gone = dict(record.gone)
         absent = await self._missing_secrets(job, states)
-        scraped = await self._metrics(record, states)
+        seen = {p.uid for p in states}
+        scraped = await self._metrics(
+            record, states + [p for p in gone.values() if p.uid not in seen]
+        )
         result = plan(job, current, generation, states, now, scraped, base, list(gone.values()),
                       absent, record.missing_apis)  # fmt: skip
         await self._execute(kind, body, record, result, {p.name: p for p in states})
