@@ -21,14 +21,24 @@ def launch(command: list[str], log: Path, cwd: Path, env: dict[str, str] | None 
     return process.pid
 
 
-def alive(pid: int, marker: str) -> bool:
-    """The process lives, is no zombie, and its command line mentions `marker`."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z" and marker in cmdline
+def alive(pid: int, marker: str, settle: float = 1.0) -> bool:
+    """The process lives, is no zombie, and its command line mentions `marker`.
+
+    A process just started can show an empty command line: Popen returns once exec has closed
+    the child's close-on-exec pipe, a moment before the kernel has set up the new program's
+    arguments. An empty one is read again for up to `settle` seconds before it counts."""
+    deadline = time.monotonic() + settle
+    while True:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            return False
+        if stat.rsplit(")", 1)[1].split()[0] == "Z":
+            return False
+        if cmdline or time.monotonic() > deadline:
+            return marker in cmdline
+        time.sleep(0.01)
 
 
 def reap(pid: int) -> None:
