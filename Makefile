@@ -18,9 +18,9 @@ PYTEST_ARGS ?=
 # Debian packages the tests, `make image` and the real nodes need: Prometheus (promtool too),
 # buildah and debootstrap (the base image, where no registry can be pulled from), containerd,
 # runc, the CNI plugins and tini (a subreaper for containerd's shims) under each node's kubelet,
-# iproute2 (the nodes' host bridge).
+# iproute2 (the nodes' host bridge), iptables (the rule that takes pods to the `kubernetes` Service).
 DEBIAN_PACKAGES := prometheus buildah debootstrap containerd runc containernetworking-plugins \
-	tini iproute2
+	tini iproute2 iptables
 
 .PHONY: help
 help: ## list the targets

@@ -189,21 +189,44 @@ def trainer_image() -> str:
     return build("trainer")
 
 
-@pytest.fixture
-def real_nodes(
-    cluster: ClusterSession, trainer_image: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[RealNodePool]:
-    """Real nodes (a kubelet on its own containerd each; none until `add()`) holding the trainer
-    image, killed and deleted afterwards. They need root (containerd, cgroups, a bridge) and
-    the local control plane (its CA signs their certificates)."""
+@pytest.fixture(scope="session")
+def operator_image() -> str:
+    """The operator image from the Dockerfile, under the tests' tag: what the chart's Deployment
+    runs on a real node."""
+    return build("operator")
+
+
+def real_node_pool(
+    cluster: ClusterSession, tmp_path_factory: pytest.TempPathFactory, image: str
+) -> RealNodePool:
+    """Real nodes (a kubelet on its own containerd each; none until `add()`) holding `image`.
+    They need root (containerd, cgroups, a bridge) and the local control plane (its CA signs
+    their certificates)."""
     if os.geteuid() != 0:
         pytest.skip("real nodes need root (containerd, cgroups, the host bridge)")
     if not cluster.local:
         pytest.skip("real nodes join the local control plane only; on $KUBECONFIG's cluster "
                     "the e2e tests need that cluster's own nodes")  # fmt: skip
-    image = Image(trainer_image, STORAGE_DRIVER)
-    pool = RealNodePool(cluster.kubeconfig, tmp_path_factory.mktemp("real-nodes"), cluster.core,
-                        cluster.kubeconfig.parent, (image,))  # fmt: skip
+    return RealNodePool(cluster.kubeconfig, tmp_path_factory.mktemp("real-nodes"), cluster.core,
+                        cluster.kubeconfig.parent, (Image(image, STORAGE_DRIVER),))  # fmt: skip
+
+
+@pytest.fixture
+def real_nodes(
+    cluster: ClusterSession, trainer_image: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RealNodePool]:
+    """Real nodes holding the trainer image, killed and deleted afterwards."""
+    pool = real_node_pool(cluster, tmp_path_factory, trainer_image)
+    yield pool
+    pool.close()
+
+
+@pytest.fixture
+def operator_nodes(
+    cluster: ClusterSession, operator_image: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RealNodePool]:
+    """Real nodes holding the operator image, killed and deleted afterwards."""
+    pool = real_node_pool(cluster, tmp_path_factory, operator_image)
     yield pool
     pool.close()
 

@@ -2,11 +2,13 @@
 and off (the real prometheus-operator CRDs judge the monitoring objects), its values schema
 refuses bad values naming them, its pod template passes the `restricted` profile, and a
 `helm install` followed by the operator running with the installed ServiceAccount's token
-reconciles a job in a restricted namespace."""
+reconciles a job in a restricted namespace, and so does the chart's own Deployment, run from the
+operator image on a real node."""
 
 from __future__ import annotations
 
 import subprocess
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,7 @@ import yaml
 
 from api_cases import pretrain_job
 from devcluster.nodes import NodePool, NodeShape
+from devcluster.realnode.pool import RealNodePool
 from devcluster.session import ClusterSession
 from devcluster.waiting import wait_until
 from monitoring_crds import prometheus_operator_crds
@@ -52,6 +55,21 @@ def monitoring_crds(cluster: ClusterSession) -> None:
         path = directory / f"monitoring.coreos.com_{name}.yaml"
         cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(path))
         cluster.wait_established(f"crd/{name}.monitoring.coreos.com")
+
+
+def run_a_job(cluster: ClusterSession, node_pool: NodePool, namespace: str, name: str) -> None:
+    """A PretrainJob on a new 8-GPU kwok node, awaited until it is Running."""
+    node_pool.add(NodeShape(gpus=8))
+    job = pretrain_job(name, node_pool)
+    job["metadata"]["namespace"] = namespace
+    cluster.kubectl("apply", "-f", "-", stdin=yaml.safe_dump(job))
+
+    def running() -> bool:
+        phase = cluster.kubectl("get", "ptj", name, "-n", namespace,
+                                "-o", "jsonpath={.status.phase}").stdout  # fmt: skip
+        return phase == "Running"
+
+    wait_until(running, f"PretrainJob {name} Running", timeout=120)
 
 
 @pytest.mark.parametrize(
@@ -143,17 +161,7 @@ def test_helm_install_then_the_operator_as_its_service_account_runs_a_job(
                              "-o", "jsonpath={.status.userInfo.username}")  # fmt: skip
     assert whoami.stdout == f"system:serviceaccount:{NAMESPACE}:{RELEASE}"
 
-    node_pool.add(NodeShape(gpus=8))
-    job = pretrain_job("charted", node_pool)
-    job["metadata"]["namespace"] = namespace
-    cluster.kubectl("apply", "-f", "-", stdin=yaml.safe_dump(job))
-
-    def running() -> bool:
-        phase = cluster.kubectl("get", "ptj", "charted", "-n", namespace,
-                                "-o", "jsonpath={.status.phase}").stdout  # fmt: skip
-        return phase == "Running"
-
-    wait_until(running, "PretrainJob charted Running", timeout=90)
+    run_a_job(cluster, node_pool, namespace, "charted")
     pods = cluster.core.list_namespaced_pod(namespace).items
     assert {p.metadata.name for p in pods} >= {"charted-node-0", "charted-rdzv"}
     assert all(p.status.phase == "Running" for p in pods)
@@ -240,3 +248,78 @@ def test_namespace_editors_run_jobs_and_viewers_read_them_through_the_built_in_r
     assert can("viewer", "get", "pretrainjobs.pretrain.dev", *status)
     assert not can("editor", "patch", "pretrainjobs.pretrain.dev", *status)  # the operator's
     assert not can("editor", "create", "pretrainjobs.pretrain.dev", "default")  # bound here only
+
+
+def metric(text: str, name: str, labels: str = "") -> float | None:
+    """A sample's value in Prometheus text exposition (`labels` as printed, e.g. kind="X")."""
+    sample = f"{name}{{{labels}}} " if labels else f"{name} "
+    for line in text.splitlines():
+        if line.startswith(sample):
+            return float(line.split()[-1])
+    return None
+
+
+@pytest.mark.usefixtures("crds")
+def test_the_chart_runs_the_operator_image_on_a_real_node_and_its_leader_runs_a_job(
+    cluster: ClusterSession, operator: OperatorProcess, namespace: str,
+    operator_nodes: RealNodePool, operator_image: str, node_pool: NodePool, tmp_path: Path,
+) -> None:  # fmt: skip
+    """As users install it: the operator image on a kubelet, two replicas electing a leader,
+    as the restricted profile has them (uid 1000, read-only root), each finding the API server
+    through the `kubernetes` Service with its ServiceAccount's token. The job's pods run on
+    kwok nodes. The session's operator (from source) is stopped meanwhile: one per job."""
+    operator_nodes.add()
+    repository, tag = operator_image.rsplit(":", 1)
+    values = tmp_path / "values.yaml"
+    values.write_text(yaml.safe_dump({
+        "image": {"repository": repository, "tag": tag},
+        "watchNamespaces": [namespace],
+        "nodeSelector": operator_nodes.selector,
+    }))  # fmt: skip
+    release = namespace  # its cluster-scoped objects (the CRD-discovery ClusterRole) stay unique
+    operator.stop()
+    try:
+        installed = helm(cluster, "install", release, str(CHART), "-n", namespace, "-f",
+                         str(values))  # fmt: skip
+        assert installed.returncode == 0, installed.stderr
+        selector = f"app.kubernetes.io/instance={release}"
+
+        def pods() -> list[Any]:
+            return list(cluster.core.list_namespaced_pod(namespace, label_selector=selector).items)
+
+        def ready() -> bool:
+            listed = pods()
+            return len(listed) == 2 and all(
+                any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])
+                for p in listed
+            )
+
+        wait_until(ready, "the operator Deployment's two pods Ready", timeout=180)
+        assert {p.spec.node_name for p in pods()} == set(operator_nodes.nodes)
+
+        def scrape(pod: Any) -> str:
+            url = f"http://{pod.status.pod_ip}:8080/metrics"  # the pod network is on-link here
+            try:
+                with urllib.request.urlopen(url, timeout=5) as response:
+                    return str(response.read().decode())
+            except OSError:  # not serving yet
+                return ""
+
+        def leader() -> Any | None:
+            status = "pretrain_operator_leader_election_master_status"
+            lease = 'name="pretrain-operator"'  # the chart's Lease
+            leading = [p for p in pods() if metric(scrape(p), status, lease) == 1]
+            return leading[0] if len(leading) == 1 else None
+
+        elected = wait_until(leader, "one operator pod to hold the Lease", timeout=60)
+        run_a_job(cluster, node_pool, namespace, "imaged")
+        created = 'kind="PretrainJob"'
+        assert (metric(scrape(elected), "pretrain_operator_pods_created_total", created) or 0) >= 2
+        [standby] = [p for p in pods() if p.metadata.name != elected.metadata.name]
+        assert not metric(scrape(standby), "pretrain_operator_pods_created_total", created)
+        log = cluster.kubectl("logs", elected.metadata.name, "-n", namespace).stdout
+        assert "became the leader" in log
+        assert "Traceback" not in log, log[-3000:]
+    finally:
+        helm(cluster, "uninstall", release, "-n", namespace, "--wait")
+        operator.start()

@@ -15,7 +15,16 @@ from pathlib import Path
 
 import pytest
 
-from devcluster.realnode import addresses, containerd, images, kubeletconfig, network, stores
+from devcluster import controlplane
+from devcluster.realnode import (
+    addresses,
+    containerd,
+    images,
+    kubeletconfig,
+    network,
+    services,
+    stores,
+)
 from devcluster.realnode.claims import Claims
 
 
@@ -36,8 +45,35 @@ def test_cni_config_gives_the_node_its_range_on_the_shared_bridge_and_no_default
     [[pod_range]] = bridge["ipam"]["ranges"]
     assert (pod_range["rangeStart"], pod_range["rangeEnd"]) == addresses.pod_range(3)
     assert pod_range["gateway"] == addresses.GATEWAY
-    assert "routes" not in bridge["ipam"]  # nothing beyond the on-link /16 is reachable
+    # Beyond the on-link /16 only the Service range is routed (to the host): no default route.
+    assert bridge["ipam"]["routes"] == [{"dst": controlplane.SERVICE_CIDR}]
     assert bridge["ipam"]["dataDir"] == "/state/ipam"
+
+
+def test_the_kubernetes_service_rule_takes_one_nodes_pods_to_its_own_api_server() -> None:
+    rule = services.kubernetes_service_rule(3, "https://127.0.0.1:41234")
+    assert rule[rule.index("-s") + 1] == "10.245.3.0/24"
+    assert rule[rule.index("-d") + 1] == f"{controlplane.SERVICE_IP}/32"
+    assert rule[rule.index("--dport") + 1] == "443"
+    assert rule[-2:] == ["--to-destination", "127.0.0.1:41234"]
+    with pytest.raises(addresses.AddressError, match="no host"):
+        services.kubernetes_service_rule(3, "/just/a/path")
+
+
+def test_a_nodes_service_rules_are_found_by_its_slot_in_the_listing() -> None:
+    """As `iptables -S` prints them (its own order of matches, the comment quoted): slot 3's
+    rules, not slot 30's nor the chain's own line."""
+    listing = "\n".join([
+        f"-N {services.CHAIN}",
+        *(f"-A {services.CHAIN} -s 10.245.{slot}.0/24 -d 10.96.0.1/32 -p tcp -m tcp --dport 443"
+          f' -m comment --comment "devcluster node slot {slot}: the kubernetes Service"'
+          f" -j DNAT --to-destination 127.0.0.1:{port}"
+          for slot, port in ((3, 1111), (30, 2222), (3, 3333))),
+    ])  # fmt: skip
+    found = services.rules_of(listing, 3)
+    assert [rule[-1] for rule in found] == ["127.0.0.1:1111", "127.0.0.1:3333"]
+    assert all(rule[:2] == ["-D", services.CHAIN] for rule in found)
+    assert services.rules_of(listing, 4) == []
 
 
 def test_containerd_config_keeps_everything_in_the_nodes_directories(tmp_path: Path) -> None:

@@ -29,3 +29,8 @@ def node_ip(slot: int) -> str:
 
 def pod_range(slot: int) -> tuple[str, str]:
     return f"10.245.{slot}.2", f"10.245.{slot}.254"
+
+
+def pod_subnet(slot: int) -> str:
+    """The /24 that holds the node's pod range: the source its pods' packets carry."""
+    return f"10.245.{slot}.0/24"

@@ -3,7 +3,8 @@ each node's /32, and the CNI configuration that puts a node's pods on that bridg
 
 All pods of all nodes share one layer-2 bridge (each node hands out addresses from its own range
 of 10.245.0.0/16), so pod-to-pod traffic across nodes needs no routing and the host needs no
-ip_forward. Nothing leaves the machine: the pods get no default route.
+ip_forward. Nothing leaves the machine: the pods get no default route, only one to the Service
+range, which ends on this host (services.py: the `kubernetes` Service).
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ import json
 import socket
 import subprocess
 import time
+from pathlib import Path
 
+from devcluster.controlplane import SERVICE_CIDR
 from devcluster.realnode.addresses import BRIDGE, GATEWAY, NETWORK, AddressError, pod_range
 
 
@@ -30,6 +33,10 @@ def ensure_bridge() -> None:
     if GATEWAY not in ip("-4", "addr", "show", "dev", BRIDGE).stdout:
         ip("addr", "add", f"{GATEWAY}/{NETWORK.prefixlen}", "dev", BRIDGE, check=False)
     ip("link", "set", BRIDGE, "up")
+    # Pods' packets to the `kubernetes` Service are DNATed to the API server on loopback
+    # (services.py); the kernel routes loopback to and from the bridge only with this, which is
+    # what kube-proxy sets for NodePorts on localhost.
+    Path(f"/proc/sys/net/ipv4/conf/{BRIDGE}/route_localnet").write_text("1")
 
 
 def is_local(address: str) -> bool:
@@ -85,7 +92,8 @@ def cni_config(slot: int, ipam_dir: str) -> str:
                     "dataDir": ipam_dir,
                     "ranges": [[{"subnet": str(NETWORK), "rangeStart": first,
                                  "rangeEnd": last, "gateway": GATEWAY}]],
-                    # No routes: the /16 is on-link, and nothing beyond it is reachable.
+                    # The /16 is on-link; beyond it only the Service range, via the host.
+                    "routes": [{"dst": SERVICE_CIDR}],
                 },
             },
         ],

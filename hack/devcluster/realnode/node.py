@@ -20,7 +20,7 @@ import yaml
 from devcluster import tools
 from devcluster.controlplane import log_tail
 from devcluster.pki import Pki, client_certificate
-from devcluster.realnode import cgroups, images, network, processes, stores
+from devcluster.realnode import cgroups, images, network, processes, services, stores
 from devcluster.realnode.addresses import SLOTS, node_ip
 from devcluster.realnode.containerd import ContainerdPaths, config
 from devcluster.realnode.kubeletconfig import KubeletSettings, kubeconfig, kubelet_config
@@ -174,6 +174,7 @@ class RealNode:
         cert, key = certificates / "kubelet-client.crt", certificates / "kubelet-client.key"
         client_certificate(pki, cert, key, f"system:node:{self.name}", "system:nodes")
         (self.directory / "kubeconfig").write_text(kubeconfig(server, pki.ca_cert, cert, key))
+        services.route_kubernetes_service(state.slot, server)  # the node's pods' API server
         cgroup_root = f"devcluster-{state.slot}"
         cgroups.kill_and_remove(cgroup_root)  # a node killed earlier in this slot
         cgroups.create(cgroup_root)
@@ -221,6 +222,7 @@ class RealNode:
                 processes.stop(pid, marker, 0, signal.SIGKILL)
         cgroups.kill_and_remove(f"devcluster-{state.slot}")
         processes.unmount_under(self.directory, layout.store_root)
+        services.withdraw_kubernetes_service(state.slot)
         network.remove_address(node_ip(state.slot))
         SLOTS.give_back(state.slot)
         stores.claims().give_back(state.store)
