@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from devcluster import gcs
 from devcluster.nodes import NodePool
 from devcluster.objectstore import ObjectStore, ObjectStoreState, environment
 from devcluster.realnode.pool import Image, RealNodePool
@@ -31,6 +32,8 @@ from pinned_tokenizers import install as install_pinned_tokenizers
 from pretrain_trainer.corpus import build_image_corpus, build_text_corpus
 from scheduling import CLUSTER_DIRECTORIES, ClusterApart, misplaced_cluster_tests
 from worker_times import lines as time_lines
+
+os.environ.setdefault(*gcs.NO_GRPC)  # before gcsfs is imported (gcs.py says why)
 
 # Training in this process uses the threads of CI's 2-core machine, whatever this machine has: a
 # float reduction split over other threads sums in another order, and the figures would differ.
@@ -172,6 +175,34 @@ def s3_env(
     s3fs.S3FileSystem.clear_instance_cache()  # none made with another test's variables
     yield variables
     s3fs.S3FileSystem.clear_instance_cache()
+
+
+@pytest.fixture(scope="session")
+def gcs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[gcs.GcsState]:
+    """A real Google Cloud Storage API server (fake-gcs-server) on loopback for the session,
+    with one bucket. It checks no credentials."""
+    server = gcs.GcsServer(tmp_path_factory.mktemp("gcs"))
+    yield server.start()
+    server.stop()
+
+
+@pytest.fixture
+def gcs_env(gcs_server: gcs.GcsState, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
+    """The server's variables in this process's environment (the trainers started from here
+    inherit them) and, since fsspec reads its FSSPEC_GCS_* defaults only at import, in fsspec's
+    configuration too."""
+    import fsspec.config
+    import gcsfs
+
+    variables = gcs.environment(gcs_server)
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    defaults: dict[str, dict[str, str]] = {}
+    fsspec.config.set_conf_env(defaults, variables)
+    monkeypatch.setitem(fsspec.config.conf, "gcs", defaults["gcs"])
+    gcsfs.GCSFileSystem.clear_instance_cache()
+    yield variables
+    gcsfs.GCSFileSystem.clear_instance_cache()
 
 
 @pytest.fixture

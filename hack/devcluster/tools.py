@@ -25,6 +25,7 @@ COREDNS_VERSION = "v1.15.0"  # pinned in hack/coredns/go.mod; here for the cache
 # SeaweedFS publishes no module versions the proxy lists; this pseudo-version is its main branch
 # of 2026-11-09 (pinned in hack/seaweedfs/go.mod; here for the cache key).
 SEAWEEDFS_VERSION = "v0.0.0-20261109003541-7506e5f91cd6"
+FAKE_GCS_VERSION = "v1.56.1"
 
 HACK_DIR = Path(__file__).resolve().parent.parent
 
@@ -89,7 +90,9 @@ COREDNS = Tool("coredns", COREDNS_VERSION, ("coredns",), HACK_DIR / "coredns")
 PAUSE = Tool("pause", "v1", ("pause",), HACK_DIR / "pause")
 # The S3-compatible server of the object-storage tests and `make storage-up`.
 SEAWEEDFS = Tool("seaweedfs", SEAWEEDFS_VERSION, ("weed",), HACK_DIR / "seaweedfs")
-ALL_TOOLS = (KUBE, ETCD, KWOK, HELM, COREDNS, PAUSE, SEAWEEDFS)
+# The Google Cloud Storage emulator of the gs:// tests (the one gcsfs's own tests run against).
+FAKE_GCS = Tool("fake-gcs-server", FAKE_GCS_VERSION, ("fake-gcs-server",))
+ALL_TOOLS = (KUBE, ETCD, KWOK, HELM, COREDNS, PAUSE, SEAWEEDFS, FAKE_GCS)
 
 
 def _build_commands(tool: Tool, out: Path) -> list[list[str]]:
@@ -104,6 +107,9 @@ def _build_commands(tool: Tool, out: Path) -> list[list[str]]:
                  "-o", str(out / tool.binaries[0]), "."]]  # fmt: skip
     if tool is KWOK:
         return [["go", "install", "-trimpath", f"sigs.k8s.io/kwok/cmd/kwok@{KWOK_VERSION}"]]
+    if tool is FAKE_GCS:
+        return [["go", "install", "-trimpath", "-ldflags", "-s -w",
+                 f"github.com/fsouza/fake-gcs-server@{FAKE_GCS_VERSION}"]]  # fmt: skip
     if tool is HELM:
         ldflags = f"-s -w -X helm.sh/helm/v3/internal/version.version={HELM_VERSION}"
         return [["go", "install", "-trimpath", "-ldflags", ldflags,

@@ -232,6 +232,37 @@ def test_s3_sources_that_cannot_be_read_are_named(
     assert "not-the-secret" not in str(error.value)  # a secret is never in a message
 
 
+def test_a_gs_prefix_is_listed_and_read_in_order_through_reset_connections(
+    gcs_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Against the tests' real Google Cloud Storage API server (fake-gcs-server), through gcsfs
+    as in the image, and through a proxy that resets connections in front of it."""
+    import gcsfs
+
+    prefix = f"gs://{gcs_env['PRETRAIN_TEST_GCS_BUCKET']}/corpus-{secrets.token_hex(4)}"
+    gcs = gcsfs.GCSFileSystem()
+    gcs.pipe(f"{prefix}/part-1.jsonl", b'{"text": "second part"}\n')
+    gcs.pipe(f"{prefix}/part-0.jsonl", b'{"text": "from the bucket"}\n{"text": "and more"}\n')
+    gcs.pipe(f"{prefix}/sub/part-2.jsonl", b'{"text": "a deeper shard"}\n')
+    host, port = gcs_env["STORAGE_EMULATOR_HOST"].removeprefix("http://").rsplit(":", 1)
+    with fault_proxy(host, int(port)) as proxy:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{proxy.port}")
+        gcsfs.GCSFileSystem.clear_instance_cache()
+        proxy.reset(3)
+        source = Data.model_validate({"sources": [{"uri": f"{prefix}/"}]}).sources[0]
+        assert list(documents(source, "spec.data.sources[0]")) == [
+            "from the bucket", "and more", "second part", "a deeper shard",
+        ]  # fmt: skip
+        assert proxy.resets == 3
+    gcsfs.GCSFileSystem.clear_instance_cache()
+    missing = Data.model_validate({"sources": [{"uri": f"{prefix}-none/"}]})
+    with pytest.raises(DataError, match=r"spec.data.sources\[0\].uri: gs://.*-none/ does"):
+        list(documents(missing.sources[0], "spec.data.sources[0]"))
+    no_bucket = Data.model_validate({"sources": [{"uri": "gs://no-such-bucket-here/corpus/"}]})
+    with pytest.raises(DataError, match=r"spec.data.sources\[0\].uri: gs://no-such-bucket-here/"):
+        list(documents(no_bucket.sources[0], "spec.data.sources[0]"))
+
+
 def test_training_runs_under_bf16_autocast(tmp_path: Path) -> None:
     from pretrain_operator.api import PretrainJobSpec
     from pretrain_trainer.train import run

@@ -1,7 +1,8 @@
-"""Checkpoints on an object store, against the real S3 server of the tests (SeaweedFS): a step
-exists once its manifest is written, last; a save cut short (the process killed, the server
-killed) is never loaded; `pretrain run` reads its corpus from the bucket, checkpoints to it and
-resumes from it."""
+"""Checkpoints on an object store, against the tests' real servers: S3 (SeaweedFS) and Google Cloud
+Storage (fake-gcs-server). On both, a step exists once its manifest is written, last, and
+`pretrain run` reads its corpus from the bucket, checkpoints to it and resumes from it. On S3, a
+save cut short (the process killed, the server killed) is never loaded, and refused credentials
+end the run at once (the GCS emulator checks none)."""
 
 from __future__ import annotations
 
@@ -13,9 +14,11 @@ import sys
 import textwrap
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import gcsfs
 import pytest
 import s3fs
 import torch
@@ -41,8 +44,29 @@ SAVER = textwrap.dedent("""
 """)
 
 
-def prefix(s3_env: dict[str, str], name: str) -> str:
-    return f"s3://{s3_env['PRETRAIN_TEST_BUCKET']}/{name}-{secrets.token_hex(4)}"
+@dataclass(frozen=True)
+class Bucket:
+    """The bucket of one of the tests' servers, and a client of its filesystem (which takes
+    whole URLs)."""
+
+    url: str  # s3://NAME, gs://NAME
+    fs: Any
+
+    def prefix(self, name: str) -> str:
+        """A prefix of this test's own."""
+        return f"{self.url}/{name}-{secrets.token_hex(4)}"
+
+
+def s3_bucket(s3_env: dict[str, str]) -> Bucket:
+    return Bucket(f"s3://{s3_env['PRETRAIN_TEST_BUCKET']}", s3fs.S3FileSystem())
+
+
+@pytest.fixture(params=["s3", "gs"])
+def bucket(request: pytest.FixtureRequest) -> Bucket:
+    if request.param == "s3":
+        return s3_bucket(request.getfixturevalue("s3_env"))
+    env = request.getfixturevalue("gcs_env")
+    return Bucket(f"gs://{env['PRETRAIN_TEST_GCS_BUCKET']}", gcsfs.GCSFileSystem())
 
 
 def tiny() -> tuple[nn.Linear, torch.optim.Optimizer]:
@@ -58,8 +82,8 @@ def steps_in(root: str) -> list[str]:
     return sorted(entry.name for entry in complete(root))
 
 
-def test_a_step_exists_once_its_manifest_matches_its_objects(s3_env: dict[str, str]) -> None:
-    root = prefix(s3_env, "checkpoints")
+def test_a_step_exists_once_its_manifest_matches_its_objects(bucket: Bucket) -> None:
+    root = bucket.prefix("checkpoints")
     model, optimizer = tiny()
     for step in (1, 2, 3):
         save(root, step, step * 10, model, optimizer, Runtime(), keep=2)
@@ -67,22 +91,22 @@ def test_a_step_exists_once_its_manifest_matches_its_objects(s3_env: dict[str, s
     found = latest(root)
     assert found is not None
     assert str(found[0]) == f"{root}/step-000000003"
-    assert all(entry["version"] for entry in found[1]["files"].values())  # the objects' ETags
+    assert all(entry["version"] for entry in found[1]["files"].values())  # ETags, generations
     fresh = nn.Linear(64, 64)
     restored = restore(found, fresh, torch.optim.AdamW(fresh.parameters()))
     assert (restored.step, restored.data_position) == (3, 30)
     assert torch.equal(fresh.weight, model.weight)
 
-    s3 = s3fs.S3FileSystem()
-    newest = root.removeprefix("s3://") + "/step-000000003"
-    shard = next(name for name in s3.ls(newest) if name.endswith(".distcp"))
-    s3.pipe(shard, s3.cat(shard)[:-10])  # an object replaced behind the manifest's back
+    fs = bucket.fs
+    newest = f"{root}/step-000000003"
+    shard = next(name for name in fs.ls(newest) if name.endswith(".distcp"))
+    fs.pipe(shard, fs.cat(shard)[:-10])  # an object replaced behind the manifest's back
     found = latest(root)
     assert found is not None
     assert found[0].name == "step-000000002"
 
-    s3.rm(f"{newest}/{MANIFEST}")  # every object there, no manifest: a save cut short
-    s3.pipe(root.removeprefix("s3://") + "/step-000000004/__0_0.distcp", b"half a shard")
+    fs.rm(f"{newest}/{MANIFEST}")  # every object there, no manifest: a save cut short
+    fs.pipe(f"{root}/step-000000004/__0_0.distcp", b"half a shard")
     found = latest(root)
     assert found is not None
     assert found[0].name == "step-000000002"
@@ -94,7 +118,7 @@ def test_a_step_exists_once_its_manifest_matches_its_objects(s3_env: dict[str, s
 def test_a_save_killed_half_way_leaves_the_previous_checkpoint_in_use(
     s3_env: dict[str, str],
 ) -> None:
-    root = prefix(s3_env, "killed-saver")
+    root = s3_bucket(s3_env).prefix("killed-saver")
     saver = subprocess.Popen([sys.executable, "-c", SAVER, root], stdout=subprocess.PIPE,
                              text=True)  # fmt: skip
     assert saver.stdout is not None
@@ -153,21 +177,20 @@ def test_the_server_killed_during_a_save_leaves_the_previous_checkpoint_in_use(
 
 
 def test_pretrain_run_reads_and_checkpoints_to_the_bucket_and_resumes_from_it(
-    s3_env: dict[str, str], pvc_root: Path, tmp_path: Path
+    bucket: Bucket, pvc_root: Path, tmp_path: Path
 ) -> None:
     """30 steps, then 50 from another run directory: the second run starts at step 31 from the
     bucket. (Not compared with an uninterrupted 50-step run: the schedule decays over the total,
     which --max-steps changes; the e2e test compares a resumed job with its uninterrupted run.)"""
-    root = prefix(s3_env, "pretrain-run")
-    s3 = s3fs.S3FileSystem()
-    s3.put_file(str(pvc_root / "corpus" / "python-docs.jsonl"),
-                f"{root.removeprefix('s3://')}/corpus/python-docs.jsonl")  # fmt: skip
-    on_s3 = {"data": {"sources": [{"uri": f"{root}/corpus/"}], "sequenceLength": 32,
+    root = bucket.prefix("pretrain-run")
+    bucket.fs.put_file(str(pvc_root / "corpus" / "python-docs.jsonl"),
+                       f"{root}/corpus/python-docs.jsonl")  # fmt: skip
+    on_bucket = {"data": {"sources": [{"uri": f"{root}/corpus/"}], "sequenceLength": 32,
                       "validationFraction": 0.05},
              "checkpoint": {"everySteps": 10, "keep": 3,
                             "storage": {"uri": f"{root}/checkpoints"}}}  # fmt: skip
-    (tmp_path / "s3").mkdir()
-    job = job_file(tmp_path / "s3", **on_s3)
+    (tmp_path / "job").mkdir()
+    job = job_file(tmp_path / "job", **on_bucket)
     finished(pretrain("-f", job, "--output", tmp_path / "first", "--max-steps", 30,
                       pvc_root=pvc_root))  # fmt: skip
     assert steps_in(f"{root}/checkpoints") == [f"step-{s:09d}" for s in (10, 20, 30)]
@@ -181,7 +204,7 @@ def test_pretrain_run_reads_and_checkpoints_to_the_bucket_and_resumes_from_it(
     assert sorted(resumed) == list(range(31, 51))
     assert steps_in(f"{root}/checkpoints") == [f"step-{s:09d}" for s in (30, 40, 50)]
     assert {"config.json", "model.safetensors"} <= {
-        Path(name).name for name in s3.ls(f"{root.removeprefix('s3://')}/checkpoints/model")
+        Path(name).name for name in bucket.fs.ls(f"{root}/checkpoints/model")
     }  # the export beside the checkpoints
 
     # It trains on from the bucket's weights, not from fresh ones (whose loss is the first's).
@@ -194,9 +217,9 @@ def test_refused_credentials_exit_78_at_once_with_one_line_naming_the_field(
     where: str, s3_env: dict[str, str], pvc_root: Path, tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
-    root = prefix(s3_env, "refused")
-    s3fs.S3FileSystem().pipe(f"{root.removeprefix('s3://')}/corpus/part-0.jsonl",
-                             b'{"text": "a document"}\n')  # fmt: skip
+    s3 = s3_bucket(s3_env)
+    root = s3.prefix("refused")
+    s3.fs.pipe(f"{root}/corpus/part-0.jsonl", b'{"text": "a document"}\n')
     spec: dict[str, Any] = {"checkpoint": {"storage": {"uri": f"{root}/checkpoints"}}}
     field = "spec.checkpoint.storage.uri"
     if where == "data":
