@@ -77,6 +77,12 @@ def recovery(quick: bool) -> Report:
     return bench.measure(runs=1 if quick else 3)
 
 
+def data(quick: bool) -> Report:
+    from bench import data as bench
+
+    return bench.measure(quick)
+
+
 def not_yet(issue_item: str) -> Callable[[bool], Report]:
     def report(quick: bool) -> Report:
         return {"summary": f"not measured yet ({issue_item}; see BENCHMARKS.md)"}
@@ -91,6 +97,7 @@ BENCHMARKS: dict[str, Callable[[bool], Report]] = {
     "recovery": recovery,
     "checkpointing": checkpointing,
     "checkpoint-s3": checkpoint_s3,
+    "data": data,
 }
 
 

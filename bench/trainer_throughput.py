@@ -47,6 +47,9 @@ class Settings:
     """Runs per side (each a fresh process); the median is reported."""
     threads: int = 1
     """torch threads on both sides (1: the 2-core machine is shared, and 1 is steadiest)."""
+    data_format: str = "jsonl"
+    """What ours reads: the raw corpus, or `tokens`, the corpus prepared into shards
+    (prepared_uri); the plain loop reads a token tensor either way."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,13 +62,24 @@ class RunResult:
     step_seconds: list[float]
 
 
-def job_spec(model: str, corpus: Path) -> dict[str, Any]:
+def job_spec(model: str, corpus: Path, data_format: str = "jsonl") -> dict[str, Any]:
     """The example job, its source pointed at the corpus, as fp32 with the example's batch."""
     document = yaml.safe_load(EXAMPLES[model].read_text())
-    document["spec"]["data"]["sources"] = [
-        {"uri": f"file://{corpus / 'python-docs.jsonl'}", "format": "jsonl"}
-    ]
+    source = {"uri": f"file://{corpus / 'python-docs.jsonl'}", "format": "jsonl"}
+    if data_format == "tokens":
+        source = {"uri": prepared_uri(model, corpus), "format": "tokens"}
+    document["spec"]["data"]["sources"] = [source]
     return dict(document)
+
+
+def prepared_uri(model: str, corpus: Path) -> str:
+    """The example's corpus through `pretrain prepare` (once: a rerun finds it unchanged)."""
+    from pretrain_operator.api import PretrainJob
+    from pretrain_trainer.data.prepare import prepare
+
+    job = PretrainJob.model_validate(job_spec(model, corpus))
+    (prepared,) = prepare(job.spec, str(corpus / f"prepared-{model}"))
+    return prepared.uri
 
 
 # ---- one side, in its own process ----
@@ -96,7 +110,7 @@ def run_ours(model: str, corpus: Path, settings: Settings, work: Path) -> RunRes
     from pretrain_trainer import metrics
     from pretrain_trainer.train import StepReport, run
 
-    job = PretrainJob.model_validate(job_spec(model, corpus))
+    job = PretrainJob.model_validate(job_spec(model, corpus, settings.data_format))
     served = metrics.create("bench", model, "PretrainJob")
     metrics.serve(served, 0)
     ends: list[tuple[float, float]] = []
@@ -136,7 +150,8 @@ def worker(side: str, model: str, corpus: Path, settings: Settings) -> RunResult
 def _spawn(side: str, model: str, corpus: Path, settings: Settings) -> RunResult:
     command = [sys.executable, "-m", "bench.trainer_throughput", "--worker", side,
                "--model", model, "--corpus", str(corpus), "--steps", str(settings.steps),
-               "--warmup", str(settings.warmup), "--threads", str(settings.threads)]  # fmt: skip
+               "--warmup", str(settings.warmup), "--threads", str(settings.threads),
+               "--data-format", settings.data_format]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": str(settings.threads)}
     done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env, check=False)
     if done.returncode != 0:
@@ -197,8 +212,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=defaults.warmup)
     parser.add_argument("--runs", type=int, default=defaults.runs)
     parser.add_argument("--threads", type=int, default=defaults.threads)
+    parser.add_argument("--data-format", choices=["jsonl", "tokens"], default=defaults.data_format)
     args = parser.parse_args(argv)
-    settings = Settings(args.steps, args.warmup, args.runs, args.threads)
+    settings = Settings(args.steps, args.warmup, args.runs, args.threads, args.data_format)
     models = args.model or ["gpt", "bert"]
     if args.worker:
         print(json.dumps(asdict(worker(args.worker, models[0], args.corpus, settings))))

@@ -129,6 +129,22 @@ def pvc_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def prepared_corpus(pvc_root: Path) -> str:
+    """trainer_runs.JOB's corpus tokenized by `pretrain prepare` (shards of at most 20,000
+    tokens, so reads cross shards): the URI of its `format: tokens` source."""
+    from pretrain_operator.api import PretrainJobSpec
+    from pretrain_trainer.data.prepare import prepare
+    from trainer_runs import JOB
+
+    spec = PretrainJobSpec.model_validate(JOB["spec"])
+    source = spec.data.sources[0].model_copy(
+        update={"uri": f"file://{pvc_root}/corpus/python-docs.jsonl"})  # fmt: skip
+    spec = spec.model_copy(update={"data": spec.data.model_copy(update={"sources": [source]})})
+    (result,) = prepare(spec, str(pvc_root / "prepared"), workers=2, shard_tokens=20_000)
+    return result.uri
+
+
+@pytest.fixture(scope="session")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterSession]:
     """The cluster at $KUBECONFIG, or a local control plane started once for the session."""
     with open_session(tmp_path_factory.mktemp("devcluster")) as session:

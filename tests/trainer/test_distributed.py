@@ -50,11 +50,22 @@ def test_the_loss_does_not_depend_on_the_number_of_workers(
         assert difference < 1e-4
 
 
-@pytest.mark.parametrize("resume_with", [2, 1])
+@pytest.mark.parametrize(
+    ("resume_with", "data_format"), [(2, "jsonl"), (1, "jsonl"), (2, "tokens")]
+)
 def test_a_checkpoint_of_3_workers_resumes_with_fewer(
-    pvc_root: Path, tmp_path: Path, resume_with: int
+    pvc_root: Path,
+    tmp_path: Path,
+    resume_with: int,
+    data_format: str,
+    request: pytest.FixtureRequest,
 ) -> None:
-    job = job_file(tmp_path, training={"maxSteps": 12}, checkpoint={"everySteps": 4})
+    """Also from token shards (`pretrain prepare`): there the resume computes its samples from
+    the step, where raw text replays every sample since step 0."""
+    data = dict(JOB["spec"]["data"])
+    if data_format == "tokens":
+        data["sources"] = [{"uri": request.getfixturevalue("prepared_corpus"), "format": "tokens"}]
+    job = job_file(tmp_path, training={"maxSteps": 12}, checkpoint={"everySteps": 4}, data=data)
     reference = tmp_path / "reference"
     finished(pretrain("-f", job, "--output", reference, pvc_root=pvc_root))
 

@@ -11,8 +11,9 @@ from tokenizers import Tokenizer
 from torch import nn
 
 from pretrain_operator.api import PretrainJobSpec
-from pretrain_operator.api.pretrain import TEXT_OBJECTIVES, ModelFamily, ObjectiveType
-from pretrain_trainer.data import images, text
+from pretrain_operator.api.pretrain import TEXT_OBJECTIVES, DataFormat, ModelFamily, ObjectiveType
+from pretrain_trainer.data import images, indexed, text
+from pretrain_trainer.data.indexed import IndexedMixture
 from pretrain_trainer.data.mixture import Mixture
 from pretrain_trainer.models.bert import Bert, BertConfig, bert_config
 from pretrain_trainer.models.clip import CLIP, CLIPConfig, TextEncoderConfig
@@ -146,7 +147,7 @@ def build_objective(
 
 @dataclass
 class DataPipeline:
-    training: Mixture[Any]
+    training: Mixture[Any] | IndexedMixture
     validation: Sequence[Any]
     tokens_per_sample: int  # what "tokens" counts for this objective (patches for images)
 
@@ -177,6 +178,11 @@ def build_data(
         return DataPipeline(images.image_text_training_samples(*args, start=start),
                             images.image_text_validation_samples(*args, limit),
                             vision.patches + data.sequence_length)  # fmt: skip
+    if data.sources[0].format == DataFormat.TOKENS:  # the API has them all tokens, or none
+        prepared = indexed.token_sources(data)
+        return DataPipeline(indexed.training_samples(data, prepared, seed, start),
+                            indexed.validation_samples(data, prepared, seed, limit),
+                            data.sequence_length)  # fmt: skip
     return DataPipeline(text.training_samples(data, tokenizer, seed, special.eos, start),
                         text.validation_samples(data, tokenizer, seed, special.eos, limit),
                         data.sequence_length)  # fmt: skip

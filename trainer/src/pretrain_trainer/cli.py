@@ -1,6 +1,8 @@
 """`pretrain run -f JOB.yaml`: run a PretrainJob or FinetuneJob spec on this machine with a progress
 bar, in this process or as N local workers under torchrun (the launch the node pods use).
 `pretrain train --config FILE`: one worker, as torchrun starts it in a pod.
+`pretrain prepare -f JOB.yaml --output URI`: tokenize a PretrainJob's text sources once into token
+shards, which the job then reads as `format: tokens` sources.
 
 Exit codes (the operator acts on them): 0 success, 78 bad configuration (a one-line reason that
 names the field; retrying cannot help), 143 stopped by SIGTERM after saving a checkpoint, 1
@@ -29,6 +31,7 @@ from pydantic import ValidationError
 from pretrain_operator import launch
 from pretrain_operator.api import FinetuneJob, PretrainJob
 from pretrain_trainer import termination
+from pretrain_trainer.data.shards import DEFAULT_SHARD_TOKENS
 from pretrain_trainer.errors import (
     EXIT_BAD_CONFIGURATION,
     EXIT_RETRYABLE,
@@ -323,6 +326,44 @@ def _follow(
     return len(lines)
 
 
+def prepare_local(job: PretrainJob | FinetuneJob, output: str, workers: int | None,
+                  shard_tokens: int, quiet: bool) -> None:  # fmt: skip
+    """`pretrain prepare`: the shards with a progress bar, then the sources to put in the job."""
+    from rich.console import Console
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from pretrain_trainer.data.prepare import prepare
+
+    if not isinstance(job, PretrainJob):
+        raise ConfigurationError("-f: pretrain prepare reads a PretrainJob's data.sources")
+    if workers is not None and workers < 1:
+        raise ConfigurationError("--workers: must be at least 1")
+    if shard_tokens < 1:
+        raise ConfigurationError("--shard-tokens: must be at least 1")
+    console = Console(stderr=True, quiet=quiet)
+    progress = Progress(SpinnerColumn(), TextColumn("[bold]tokenizing"),
+                        TextColumn("{task.fields[documents]:,} documents"),
+                        TextColumn("{task.completed:,.0f} tokens"), TimeElapsedColumn(),
+                        console=console)  # fmt: skip
+    task = progress.add_task("prepare", total=None, documents=0)
+    counted = {"documents": 0}
+
+    def update(documents: int, tokens: int) -> None:
+        counted["documents"] += documents
+        progress.update(task, advance=tokens, documents=counted["documents"])
+
+    with progress:
+        prepared = prepare(job.spec, output, workers, shard_tokens, update)
+    sources = []
+    for result, source in zip(prepared, job.spec.data.sources, strict=True):
+        m = result.manifest
+        state = "unchanged" if result.reused else "written"
+        print(f"{result.uri}: {m.documents:,} documents, {m.tokens:,} tokens in "
+              f"{len(m.shards)} shards ({state})", file=sys.stderr)  # fmt: skip
+        sources.append({"uri": result.uri, "format": "tokens", "weight": source.weight})
+    print(yaml.safe_dump({"sources": sources}, sort_keys=False), end="")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="pretrain", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -339,6 +380,17 @@ def main(argv: list[str] | None = None) -> int:
     run_parser.add_argument("--quiet", action="store_true", help="no progress bar")
     run_parser.add_argument("--base", help="FinetuneJob: the base (a run directory, checkpoint "
                             "or Hugging Face directory) in place of spec.base")  # fmt: skip
+    prepare_parser = commands.add_parser("prepare", help="tokenize a job's sources into shards")
+    prepare_parser.add_argument("-f", "--file", type=Path, required=True, help="PretrainJob YAML")
+    prepare_parser.add_argument(
+        "--output", required=True, help="directory, s3:// or gs:// prefix for the shards"
+    )
+    prepare_parser.add_argument("--workers", type=int, help="tokenizer processes (default: cores)")
+    prepare_parser.add_argument("--shard-tokens", type=int, default=DEFAULT_SHARD_TOKENS,
+                                help="tokens per shard at most (default: %(default)s)")  # fmt: skip
+    prepare_parser.add_argument("--pvc-root", type=Path,
+                                help="directory holding pvc://CLAIM/... as CLAIM/...")  # fmt: skip
+    prepare_parser.add_argument("--quiet", action="store_true", help="no progress bar")
     train_parser = commands.add_parser("train", help="one worker (torchrun starts it)")
     train_parser.add_argument("--config", type=Path, required=True, help="job.json or YAML")
     train_parser.add_argument("--output", type=Path, help="run dir (pods: the checkpoint dir)")
@@ -353,6 +405,10 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["PRETRAIN_PVC_ROOT"] = str(args.pvc_root.resolve())
 
     def local() -> None:
+        if args.command == "prepare":
+            prepare_local(load_job(args.file), args.output, args.workers, args.shard_tokens,
+                          args.quiet)  # fmt: skip
+            return
         if args.nproc < 1:
             raise ConfigurationError("--nproc: must be at least 1")
         if args.max_steps is not None and args.max_steps < 1:

@@ -19,7 +19,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 
 from pretrain_operator.api import PretrainJobSpec
 from pretrain_operator.api.common import Decay, OptimizerName, Precision, Strategy, Training
-from pretrain_operator.api.pretrain import ObjectiveType
+from pretrain_operator.api.pretrain import DataFormat, ObjectiveType
 from pretrain_trainer.build import (
     build_data,
     build_model,
@@ -29,6 +29,7 @@ from pretrain_trainer.build import (
 )
 from pretrain_trainer.checkpoint import CheckpointWriter, Root, latest, restore
 from pretrain_trainer.data.images import caption_texts
+from pretrain_trainer.data.indexed import IndexedMixture, token_sources
 from pretrain_trainer.data.sources import documents
 from pretrain_trainer.distributed import Runtime, all_sum, share
 from pretrain_trainer.errors import ConfigurationError
@@ -126,9 +127,20 @@ def prepare_tokenizer(
 
 
 def _make_tokenizer(spec: PretrainJobSpec, output: Path) -> Tokenizer:
+    tokenizer = job_tokenizer(spec)
+    output.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(str(output / TOKENIZER_FILE))
+    return tokenizer
+
+
+def job_tokenizer(spec: PretrainJobSpec) -> Tokenizer:
+    """The prepared shards' tokenizer for tokens sources, else tokenizer.uri, else one trained
+    on the job's text."""
     from pretrain_trainer.data.sources import resolve
 
-    if spec.tokenizer.uri:
+    if spec.data.sources[0].format == DataFormat.TOKENS:
+        tokenizer = Tokenizer.from_str(token_sources(spec.data)[0].tokenizer_json)
+    elif spec.tokenizer.uri:
         path = Path(resolve(spec.tokenizer.uri))
         if not path.is_file():
             raise FileNotFoundError(f"spec.tokenizer.uri: {spec.tokenizer.uri} does not exist")
@@ -148,8 +160,6 @@ def _make_tokenizer(spec: PretrainJobSpec, output: Path) -> Tokenizer:
             limited(texts, TOKENIZER_TRAINING_CHARACTERS),
         )  # fmt: skip
     special_ids(tokenizer)  # refuses a tokenizer without our special tokens
-    output.mkdir(parents=True, exist_ok=True)
-    tokenizer.save(str(output / TOKENIZER_FILE))
     return tokenizer
 
 
@@ -276,6 +286,8 @@ def run(
     pipeline = build_data(spec, tokenizer, special, VALIDATION_SEQUENCES,
                           start=restored.data_position if restored else 0)  # fmt: skip
     samples, held_out = pipeline.training, pipeline.validation
+    if isinstance(samples, IndexedMixture):  # shards: the next step's share is read meanwhile
+        samples.read_ahead(share(training.global_batch_size, runtime))
     if not held_out:
         raise ConfigurationError(
             "spec.data.validationFraction: no validation sample; raise it or add data"
@@ -373,6 +385,8 @@ def run(
     finally:
         if sink:
             sink.close()
+        if isinstance(samples, IndexedMixture):
+            samples.close()
     model_dir = output / "model"
     exported = (_unsharded(model, spec, vocab, runtime) if sharded
                 else model if runtime.main else None)  # fmt: skip

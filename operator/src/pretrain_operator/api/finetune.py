@@ -125,6 +125,15 @@ class Method(ApiModel):
 class Dataset(ApiModel):
     """A labeled split."""
 
+    RULES = (
+        Rule(
+            "self.format != 'tokens'",
+            "token shards hold no labels: a dataset is jsonl, parquet, imagefolder or text",
+            lambda d: d.format != DataFormat.TOKENS,
+            "format",
+        ),
+    )
+
     uri: str = Field(max_length=MAX_URI, pattern=URI_PATTERN, description="File or directory URI.")
     format: DataFormat = Field(DataFormat.JSONL, description="jsonl, parquet, imagefolder or text.")
 

@@ -55,6 +55,7 @@ TEXT_OBJECTIVES = frozenset(
         ObjectiveType.IMAGE_TEXT,
     }
 )
+TOKEN_OBJECTIVES = TEXT_OBJECTIVES - {ObjectiveType.IMAGE_TEXT}  # those that read token shards
 
 
 def _only_for(field: str, *types: ObjectiveType) -> Rule:
@@ -198,6 +199,7 @@ class DataFormat(StrEnum):
     JSONL = "jsonl"
     PARQUET = "parquet"
     IMAGE_FOLDER = "imagefolder"
+    TOKENS = "tokens"  # a directory of token shards that `pretrain prepare` wrote
 
 
 class DataSource(ApiModel):
@@ -210,7 +212,8 @@ class DataSource(ApiModel):
     )
     format: DataFormat = Field(
         DataFormat.JSONL,
-        description="text (one document per file or line), jsonl, parquet, imagefolder.",
+        description="text (one document per file or line), jsonl, parquet, imagefolder, or "
+        "tokens (a directory `pretrain prepare` wrote: tokenized once, resumed in O(1)).",
     )
     field: str = Field("text", max_length=256, description="Text field of jsonl/parquet records.")
     image_field: str = Field(
@@ -244,6 +247,24 @@ class PretrainJobSpec(JobSpecBase):
             + ", ".join(f"{o.value} trains {f.value}" for o, f in FAMILY_OF_OBJECTIVE.items()),
             lambda s: FAMILY_OF_OBJECTIVE[s.objective.type] == s.model.family,
             "model.family",
+        ),
+        Rule(
+            "self.data.sources.all(s, s.format != 'tokens') || (["
+            + ", ".join(f"'{o.value}'" for o in sorted(TOKEN_OBJECTIVES))
+            + "].exists(o, o == self.objective.type) && "
+            "self.data.sources.all(s, s.format == 'tokens'))",
+            "data.sources: tokens sources train a text objective ("
+            + ", ".join(sorted(TOKEN_OBJECTIVES))
+            + "), and every source of the job is then "
+            "tokens (prepare them together)",
+            lambda s: (
+                all(x.format != DataFormat.TOKENS for x in s.data.sources)
+                or (
+                    s.objective.type in TOKEN_OBJECTIVES
+                    and all(x.format == DataFormat.TOKENS for x in s.data.sources)
+                )
+            ),
+            "data.sources",
         ),
     )
 
