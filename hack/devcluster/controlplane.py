@@ -1,5 +1,5 @@
 """A real Kubernetes control plane on this machine: etcd, kube-apiserver, kube-controller-manager,
-kube-scheduler, and kwok for simulated nodes, each a background process.
+kube-scheduler, kwok for simulated nodes and Kueue (kueue.py), each a background process.
 
 Everything a cluster keeps lives under one directory (certificates, etcd data, logs, kubeconfig,
 `state.json` with the process ids and ports), so `up` and `down` can run from different processes
@@ -8,6 +8,7 @@ Everything a cluster keeps lives under one directory (certificates, etcd data, l
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import yaml
 
+from devcluster import kueue
 from devcluster import pki as pki_module
 from devcluster.tools import Binaries
 
@@ -33,6 +35,7 @@ SERVICE_IP = "10.96.0.1"
 POD_CIDR = "127.200.0.1/16"
 FAKE_NODE_ANNOTATION = "kwok.x-k8s.io/node"
 STAGES_FILE = Path(__file__).with_name("kwok-stages.yaml")
+KUEUE_STARTS = 3
 
 
 class ControlPlaneError(RuntimeError):
@@ -102,7 +105,16 @@ class LocalCluster:
         state = State(
             ports={
                 name: free_port()
-                for name in ("etcd", "etcd-peer", "apiserver", "controller-manager", "scheduler")
+                for name in (
+                    "etcd",
+                    "etcd-peer",
+                    "apiserver",
+                    "controller-manager",
+                    "scheduler",
+                    "kueue-webhook",
+                    "kueue-health",
+                    "kueue-metrics",
+                )
             }
         )
         self._save(state)
@@ -128,6 +140,7 @@ class LocalCluster:
             )
             scheduler = f"https://127.0.0.1:{state.ports['scheduler']}/healthz"
             self._wait(state, "kube-scheduler", deadline, lambda: self._get(scheduler, tls=False))
+            self._start_kueue(state, server, deadline)
         except BaseException:
             self.stop()
             raise
@@ -143,6 +156,42 @@ class LocalCluster:
 
     def is_running(self) -> bool:
         return is_running(self.directory)
+
+    def _start_kueue(self, state: State, server: str, deadline: float) -> None:
+        """Kueue's CRDs, its controller manager, and then its webhooks (the API server would
+        refuse Kueue's objects while their webhooks did not answer)."""
+        kubectl = [str(self.binaries.kubectl), f"--kubeconfig={self.kubeconfig}"]
+        manifests = self.binaries.kueue.parent
+        kueue.install_crds(kubectl, manifests)
+        # Kueue maps its kinds once, at start, from discovery, which lags behind the CRDs.
+        wanted = kueue.crd_plurals(manifests)
+        group = f"{server}/apis/{kueue.API_VERSION}"
+        self._wait(state, "kube-apiserver", deadline,
+                   lambda: wanted <= self._resources(group))  # fmt: skip
+        certificates = self.directory / "kueue-certs"  # the names controller-runtime reads
+        kueue.place_certificates(self.pki.serving_cert, self.pki.serving_key, certificates)
+        settings = self.directory / "kueue.yaml"
+        settings.write_text(kueue.configuration(state.ports["kueue-webhook"],
+                            state.ports["kueue-health"], state.ports["kueue-metrics"],
+                            certificates))  # fmt: skip
+        command = [
+            str(self.binaries.kueue), f"--config={settings}", f"--kubeconfig={self.kubeconfig}",
+            f"--feature-gates={kueue.FEATURE_GATES}",
+        ]  # fmt: skip
+        ready = f"http://127.0.0.1:{state.ports['kueue-health']}/readyz"
+        for attempt in range(KUEUE_STARTS):
+            self._launch(state, "kueue", command)
+            try:
+                self._wait(state, "kueue", deadline, lambda: self._get(ready, tls=False))
+                break
+            except ControlPlaneError:
+                # Kueue exits when a kind it maps is not yet in every server's discovery.
+                if attempt + 1 == KUEUE_STARTS or _owned_alive(state.pids["kueue"], self.directory):
+                    raise
+                state.pids.pop("kueue")
+        bundle = base64.b64encode(self.pki.ca_cert.read_bytes()).decode()
+        url = f"https://127.0.0.1:{state.ports['kueue-webhook']}"
+        kueue.install_webhooks(kubectl, manifests, url, bundle)
 
     # ---- commands --------------------------------------------------------------------------
 
@@ -255,6 +304,18 @@ class LocalCluster:
             f"{name} was not ready in time; see {self.logs / name}.log:\n"
             + log_tail(self.logs / f"{name}.log")
         )
+
+    def _resources(self, url: str) -> set[str]:
+        """The resources a group version's discovery document lists (none while it is not
+        served)."""
+        context = ssl.create_default_context(cafile=str(self.pki.ca_cert))
+        context.load_cert_chain(str(self.pki.admin_cert), str(self.pki.admin_key))
+        try:
+            with urllib.request.urlopen(url, timeout=2, context=context) as response:
+                listed = json.loads(response.read())
+        except (urllib.error.URLError, ConnectionError, TimeoutError, ssl.SSLError, ValueError):
+            return set()
+        return {str(r.get("name")) for r in listed.get("resources") or []}
 
     def _etcd_healthy(self, state: State) -> bool:
         return self._get(f"http://127.0.0.1:{state.ports['etcd']}/health", tls=False)

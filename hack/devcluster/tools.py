@@ -9,6 +9,7 @@ key holds the version and a hash of the wrapper module, so editing hack/controlp
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -26,6 +27,7 @@ COREDNS_VERSION = "v1.15.0"  # pinned in hack/coredns/go.mod; here for the cache
 # of 2026-11-09 (pinned in hack/seaweedfs/go.mod; here for the cache key).
 SEAWEEDFS_VERSION = "v0.0.0-20261109003541-7506e5f91cd6"
 FAKE_GCS_VERSION = "v1.56.1"
+KUEUE_VERSION = "v0.17.0"
 
 HACK_DIR = Path(__file__).resolve().parent.parent
 
@@ -92,7 +94,9 @@ PAUSE = Tool("pause", "v1", ("pause",), HACK_DIR / "pause")
 SEAWEEDFS = Tool("seaweedfs", SEAWEEDFS_VERSION, ("weed",), HACK_DIR / "seaweedfs")
 # The Google Cloud Storage emulator of the gs:// tests (the one gcsfs's own tests run against).
 FAKE_GCS = Tool("fake-gcs-server", FAKE_GCS_VERSION, ("fake-gcs-server",))
-ALL_TOOLS = (KUBE, ETCD, KWOK, HELM, COREDNS, PAUSE, SEAWEEDFS, FAKE_GCS)
+# Kueue's controller manager, with its CRDs and webhook manifests from the same module (kueue.py).
+KUEUE = Tool("kueue", KUEUE_VERSION, ("kueue", "crds", "webhooks.yaml"))
+ALL_TOOLS = (KUBE, ETCD, KWOK, HELM, COREDNS, PAUSE, SEAWEEDFS, FAKE_GCS, KUEUE)
 
 
 def _build_commands(tool: Tool, out: Path) -> list[list[str]]:
@@ -110,6 +114,9 @@ def _build_commands(tool: Tool, out: Path) -> list[list[str]]:
     if tool is FAKE_GCS:
         return [["go", "install", "-trimpath", "-ldflags", "-s -w",
                  f"github.com/fsouza/fake-gcs-server@{FAKE_GCS_VERSION}"]]  # fmt: skip
+    if tool is KUEUE:
+        return [["go", "install", "-trimpath", "-ldflags", "-s -w",
+                 f"sigs.k8s.io/kueue/cmd/kueue@{KUEUE_VERSION}"]]  # fmt: skip
     if tool is HELM:
         ldflags = f"-s -w -X helm.sh/helm/v3/internal/version.version={HELM_VERSION}"
         return [["go", "install", "-trimpath", "-ldflags", ldflags,
@@ -134,6 +141,8 @@ def ensure(tool: Tool, root: Path | None = None) -> Path:
         if tool is KUBE:
             for name in KUBE_COMMANDS:
                 (staging / name).symlink_to("kube")
+        if tool is KUEUE:
+            _copy_kueue_manifests(staging, env)
         missing = [name for name in tool.binaries if not (staging / name).exists()]
         if missing:
             raise RuntimeError(f"building {tool.name} produced no {', '.join(missing)}")
@@ -142,6 +151,19 @@ def ensure(tool: Tool, root: Path | None = None) -> Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return final
+
+
+def _copy_kueue_manifests(out: Path, env: dict[str, str]) -> None:
+    """Kueue's CRDs and webhook configurations, from the module the binary was built from."""
+    listed = subprocess.run(
+        ["go", "mod", "download", "-json", f"sigs.k8s.io/kueue@{KUEUE_VERSION}"],
+        check=True, capture_output=True, text=True, env=env,
+    )  # fmt: skip
+    components = Path(json.loads(listed.stdout)["Dir"]) / "config" / "components"
+    (out / "crds").mkdir()
+    for crd in sorted((components / "crd" / "bases").glob("*.yaml")):  # copies, not read-only
+        shutil.copyfile(crd, out / "crds" / crd.name)
+    shutil.copyfile(components / "webhook" / "manifests.yaml", out / "webhooks.yaml")
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +180,7 @@ class Binaries:
     helm: Path
     coredns: Path
     pause: Path
+    kueue: Path  # its directory also holds crds/ and webhooks.yaml
 
     @property
     def path_entries(self) -> list[str]:
@@ -178,4 +201,5 @@ def ensure_all(root: Path | None = None) -> Binaries:
         helm=dirs["helm"] / "helm",
         coredns=dirs["coredns"] / "coredns",
         pause=dirs["pause"] / "pause",
+        kueue=dirs["kueue"] / "kueue",
     )
