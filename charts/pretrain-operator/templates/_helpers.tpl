@@ -53,6 +53,13 @@ these rules, as the chart's ServiceAccount). */}}
 - apiGroups: ["scheduling.x-k8s.io"]
   resources: ["podgroups"]
   verbs: ["create", "patch"]
+# Kueue: a queued job's Workload (made, watched; its Finished condition set when it ends).
+- apiGroups: ["kueue.x-k8s.io"]
+  resources: ["workloads"]
+  verbs: ["get", "list", "watch", "create"]
+- apiGroups: ["kueue.x-k8s.io"]
+  resources: ["workloads/status"]
+  verbs: ["patch"]
 {{- end -}}
 
 {{/* Cluster-scoped in any mode: kopf discovers which resources exist as CRDs come and go. */}}
@@ -60,4 +67,12 @@ these rules, as the chart's ServiceAccount). */}}
 - apiGroups: ["apiextensions.k8s.io"]
   resources: ["customresourcedefinitions"]
   verbs: ["list", "watch"]
+# Kueue's ResourceFlavors (the node labels and tolerations of an admitted job's flavors) and
+# the priority classes a queued job's Workload takes its priority from.
+- apiGroups: ["kueue.x-k8s.io"]
+  resources: ["resourceflavors", "workloadpriorityclasses"]
+  verbs: ["get"]
+- apiGroups: ["scheduling.k8s.io"]
+  resources: ["priorityclasses"]
+  verbs: ["get"]
 {{- end -}}

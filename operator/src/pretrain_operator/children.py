@@ -4,7 +4,8 @@ For job J: ConfigMap J-config (the spec as JSON), headless Service J (pod DNS), 
 and Service J-rdzv (the c10d store lives outside the workers, so losing any worker, worker 0
 included, never takes the rendezvous down), and pods J-node-0 .. J-node-(max-1) running torchrun
 with --nnodes=MIN:MAX under the node supervisor (`pretrain_trainer.node`, PID 1). Optional:
-PodDisruptionBudgets (node pods, rendezvous pod), PodGroup (gang), Kueue labels.
+PodDisruptionBudgets (node pods, rendezvous pod), PodGroup (gang); a queued job's Kueue
+Workload is queueing.py's.
 """
 
 from __future__ import annotations
@@ -34,9 +35,6 @@ RESTRICTED_POD = {
 }
 TPU_ACCELERATOR_LABEL = "cloud.google.com/gke-tpu-accelerator"
 TPU_TOPOLOGY_LABEL = "cloud.google.com/gke-tpu-topology"
-KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
-KUEUE_POD_GROUP_LABEL = "kueue.x-k8s.io/pod-group-name"
-KUEUE_POD_GROUP_COUNT = "kueue.x-k8s.io/pod-group-total-count"
 POD_GROUP_LABEL = "scheduling.x-k8s.io/pod-group"
 TERMINATION_MESSAGE_PATH = "/dev/termination-log"  # the trainer's final values, for the status
 
@@ -302,12 +300,6 @@ def node_pod(job: Job, index: int) -> Manifest:
         naming.replica_bounds(replicas.min, replicas.max)
     )
     scheduling = job.spec.scheduling
-    if scheduling.queue_name:
-        pod["metadata"]["labels"][KUEUE_QUEUE_LABEL] = scheduling.queue_name
-        pod["metadata"]["labels"][KUEUE_POD_GROUP_LABEL] = job.name
-        pod["metadata"].setdefault("annotations", {})[KUEUE_POD_GROUP_COUNT] = str(
-            job.spec.replicas.max
-        )
     if scheduling.gang:
         pod["metadata"]["labels"][POD_GROUP_LABEL] = job.name
 

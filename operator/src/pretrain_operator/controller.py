@@ -16,8 +16,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from pretrain_operator import children, kube, metrics, naming
+from pretrain_operator import children, kube, metrics, naming, queueing
 from pretrain_operator.api import JobStatus, Kind, Phase
+from pretrain_operator.api.status import FINISHED_PHASES
 from pretrain_operator.children import Job
 from pretrain_operator.observe import (
     PodState,
@@ -27,7 +28,19 @@ from pretrain_operator.observe import (
     pod_state,
     with_saved_checkpoints,
 )
-from pretrain_operator.reconcile import Event, Plan, invalid_spec, job_of, plan, set_condition
+from pretrain_operator.queueing import Placement, WorkloadState
+from pretrain_operator.reconcile import (
+    ADMITTED,
+    Event,
+    Plan,
+    Queue,
+    invalid_spec,
+    job_of,
+    parse_timestamp,
+    plan,
+    set_condition,
+    timestamp,
+)
 from pretrain_operator.workqueue import Outcome
 
 EventPoster = Callable[[dict[str, Any], str, str, str], Awaitable[None]]
@@ -69,6 +82,8 @@ class JobRecord:
     gone: dict[str, PodState] = field(default_factory=dict)  # pod uid -> last state
     pods: dict[str, PodState] = field(default_factory=dict)  # pod uid -> as last seen
     scraped_at: float | None = None  # monotonic time of the last progress scrape
+    # An admitted Workload's flavors, and the placements read from their ResourceFlavors.
+    placements: tuple[str, dict[str, Placement]] = field(default_factory=lambda: ("", {}))
 
 
 @dataclass
@@ -85,12 +100,16 @@ class Controller:
         body: Mapping[str, Any],
         pods: Sequence[PodState],
         base: Mapping[str, Any] | None = None,
+        workload: WorkloadState | None = None,
     ) -> Outcome:
         """Reconcile one job (the queue runs one at a time per job); the outcome says when it
-        wants another look by itself, or that it failed and should be retried."""
+        wants another look by itself, or that it failed and should be retried. `workload`: the
+        job's Kueue Workload as the index holds it."""
         with metrics.RECONCILE_SECONDS.labels(kind.kind).time():
             try:
-                return Outcome(requeue_after=await self._reconcile(kind, body, pods, base))
+                return Outcome(
+                    requeue_after=await self._reconcile(kind, body, pods, base, workload)
+                )
             except Exception as error:  # the operator must survive any input
                 if kube.namespace_terminating(error):
                     return Outcome()
@@ -139,6 +158,7 @@ class Controller:
         body: Mapping[str, Any],
         pods: Sequence[PodState],
         base_body: Mapping[str, Any] | None,
+        workload: WorkloadState | None,
     ) -> float | None:
         meta = body["metadata"]
         generation = meta.get("generation", 1)
@@ -166,8 +186,9 @@ class Controller:
         scraped = await self._metrics(
             record, states + [p for p in gone.values() if p.uid not in seen]
         )
+        queue = await self._queue(job, body, record, workload)
         result = plan(job, current, generation, states, now, scraped, base, list(gone.values()),
-                      absent, record.missing_apis)  # fmt: skip
+                      absent, record.missing_apis, queue)  # fmt: skip
         await self._execute(kind, body, record, result, {p.name: p for p in states})
         for pod_uid in gone:  # recorded in the status now written
             record.gone.pop(pod_uid, None)
@@ -192,13 +213,24 @@ class Controller:
             metrics.PODS_DELETED.labels(kind.kind).inc()
         for manifest in result.create:
             created = await kube.create(self.api, manifest)
-            if created is None:
+            if created is None or manifest["kind"] != "Pod":  # a Workload is no pod to expect
                 continue
             metrics.PODS_CREATED.labels(kind.kind).inc()
             record.created[manifest["metadata"]["name"]] = (created, time.monotonic())
             index = manifest["metadata"]["labels"].get(naming.LABEL_NODE_INDEX)
             if index is not None:  # the uid exists only now: the plan cannot know it
                 result.status.pod_uids[index] = created
+        if result.finish_workload is not None:
+            workload, condition = result.finish_workload
+            reference = {"apiVersion": queueing.WORKLOAD_API, "kind": "Workload",
+                         "metadata": {"name": workload, "namespace": namespace}}  # fmt: skip
+            await kube.apply_status_condition(self.api, reference, condition)
+        if result.release_workload is not None:
+            state = result.release_workload
+            reference = {"apiVersion": queueing.WORKLOAD_API, "kind": "Workload",
+                         "metadata": {"name": state.name, "namespace": namespace}}  # fmt: skip
+            patch = queueing.release(state, timestamp(datetime.datetime.now(datetime.UTC)))
+            await kube.patch_status(self.api, reference, patch)
         self._observe(kind, body, record, record.written or _status(body), result.status)
         for event in result.events:
             await self._post(body, event)
@@ -238,6 +270,46 @@ class Controller:
             index = int(pod_name.rsplit("-", 1)[1]) if role == naming.ROLE_NODE else None
             states.append(PodState(pod_name, uid, role, index, "Pending", False, False))
         return states
+
+    async def _queue(
+        self, job: Job, body: Mapping[str, Any], record: JobRecord, workload: WorkloadState | None
+    ) -> Queue | None:
+        """What Kueue says of a job with a queue (None for one without): whether Kueue is
+        there at all (asked only while the job has no Workload), and where each admitted pod
+        set runs (its flavors' ResourceFlavors, read once per admission)."""
+        name = queueing.queue_name(job, dict(body["metadata"].get("labels") or {}))
+        if not name:
+            return None
+        if workload is None:
+            if not await kube.served(self.api, queueing.WORKLOAD_API, "workloads"):
+                return Queue(name, None, installed=False)
+            labels = dict(body["metadata"].get("labels") or {})
+            chosen = queueing.priority_class(job, labels)
+            if chosen is None:
+                return Queue(name, None)
+            found = await kube.read_cluster_object(self.api, chosen.api_version, chosen.plural,
+                                                   chosen.name)  # fmt: skip
+            if found is None:
+                problem = f"{chosen.field}: {chosen.kind} {chosen.name} not found"
+                return Queue(name, None, problem=problem)
+            priority = queueing.Priority(chosen, int(found.get("value", 0)))
+            return Queue(name, None, priority=priority)
+        if not workload.admitted:
+            return Queue(name, workload)
+        admission = repr(sorted(workload.flavors.items()))
+        if record.placements[0] != admission:
+            names = {f for flavors in workload.flavors.values() for f in flavors.values()}
+            found = {f: await kube.read_cluster_object(self.api, queueing.WORKLOAD_API,
+                                                       "resourceflavors", f) or {}
+                     for f in sorted(names)}  # fmt: skip
+            record.placements = (
+                admission,
+                {
+                    pod_set: queueing.placement(flavors, found)
+                    for pod_set, flavors in workload.flavors.items()
+                },
+            )
+        return Queue(name, workload, record.placements[1])
 
     async def _missing_secrets(self, job: Job, pods: list[PodState]) -> list[str]:
         """The secretRefs that name no Secret, checked while no node pod is active (pods are
@@ -329,6 +401,7 @@ class Controller:
                 metrics.JOBS.labels(kind.kind, record.phase).dec()
             metrics.JOBS.labels(kind.kind, after.phase.value).inc()
             record.phase = after.phase.value
+        self._observe_queueing(kind, before, after)
         if after.restarts > before.restarts:
             metrics.RESTARTS.labels(kind.kind).inc(after.restarts - before.restarts)
         if after.disruptions > before.disruptions:
@@ -341,6 +414,21 @@ class Controller:
             ).replace(tzinfo=datetime.UTC)
             elapsed = (datetime.datetime.now(datetime.UTC) - created).total_seconds()
             metrics.TIME_TO_RUNNING.labels(kind.kind).observe(max(elapsed, 0.0))
+
+    @staticmethod
+    def _observe_queueing(kind: Kind, before: JobStatus, after: JobStatus) -> None:
+        """Kueue's admissions and evictions of this job, and the time it waited Queued."""
+        queued = Phase.QUEUED
+        if before.phase == queued and after.phase not in {queued, *FINISHED_PHASES}:
+            metrics.ADMISSIONS.labels(kind.kind).inc()
+            since = next((c.last_transition_time for c in before.conditions
+                          if c.type == ADMITTED and c.status == "False"), None)  # fmt: skip
+            if since:
+                elapsed = datetime.datetime.now(datetime.UTC) - parse_timestamp(since)
+                metrics.QUEUED_SECONDS.labels(kind.kind).observe(max(elapsed.total_seconds(), 0))
+        elif after.phase == queued and before.phase not in {queued, Phase.PENDING}:
+            reason = next((c.reason for c in after.conditions if c.type == ADMITTED), "")
+            metrics.EVICTIONS.labels(kind.kind, reason).inc()
 
     def forget(self, uid: str, kind: Kind) -> None:
         """The job is gone: drop what the controller remembered of it."""

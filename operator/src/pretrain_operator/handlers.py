@@ -23,14 +23,14 @@ from typing import Any, NamedTuple
 
 import kopf
 
-from pretrain_operator import API_GROUP, API_VERSION, kube, naming
+from pretrain_operator import API_GROUP, API_VERSION, kube, naming, queueing
 from pretrain_operator.api import FINETUNE_JOB, KINDS, PRETRAIN_JOB, Kind
 from pretrain_operator.controller import SETTINGS, Controller
 from pretrain_operator.observe import pod_state
 from pretrain_operator.workqueue import Outcome, WorkQueue, start_workers
 
 PodKey = tuple[str, str, str]  # (namespace, kind, job name)
-INDEXES = ("job_pods", "pretrain_jobs", "finetune_jobs")  # kopf passes them by these names
+INDEXES = ("job_pods", "pretrain_jobs", "finetune_jobs", "job_workloads")  # kopf's names for them
 QUEUE_NAME = "jobs"
 # A job's pod events within this period are one reconcile, as the Job controller of Kubernetes
 # batches them (its syncJobBatchPeriod): pods start, turn ready and stop in bursts, and a queue
@@ -95,11 +95,12 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: An
         if body is None:
             return Outcome()  # deleted since it was queued
         pods = list(indexes["job_pods"].get((key.namespace, key.kind, key.name), []))
+        workload = _only(indexes["job_workloads"], (key.namespace, key.kind, key.name))
         base = None
         spec = body.get("spec") or {}
         if kind is FINETUNE_JOB and (spec.get("base") or {}).get("pretrainJob"):
             base = _only(indexes["pretrain_jobs"], (key.namespace, spec["base"]["pretrainJob"]))
-        return await controller.reconcile(kind, body, pods, base)
+        return await controller.reconcile(kind, body, pods, base, workload)
 
     memo.controller, memo.queue = controller, queue
     memo.workers = start_workers(queue, SETTINGS.workers, reconcile, logger)
@@ -128,6 +129,35 @@ def job_pods(namespace: str | None, labels: Mapping[str, str], body: kopf.Body, 
         )
         return None
     return {(namespace, labels.get(naming.LABEL_KIND, ""), labels[naming.LABEL_JOB]): state}
+
+
+# Kueue's Workloads of queued jobs (queueing.py). Where Kueue is not installed, kopf watches
+# nothing here and the index stays empty; it starts watching once the CRD appears.
+WORKLOADS = (queueing.KUEUE_GROUP, queueing.WORKLOAD_API.split("/")[1], "workloads")
+
+
+@kopf.index(*WORKLOADS, labels={naming.LABEL_JOB: kopf.PRESENT})
+def job_workloads(
+    namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any
+) -> Any:
+    try:
+        state = queueing.workload_state(dict(body))
+    except (KeyError, TypeError, ValueError):
+        logger.warning(
+            "Workload %s/%s cannot be read", namespace, body.get("metadata", {}).get("name")
+        )
+        return None
+    return {(namespace, labels.get(naming.LABEL_KIND, ""), labels[naming.LABEL_JOB]): state}
+
+
+@kopf.on.event(*WORKLOADS, labels={naming.LABEL_JOB: kopf.PRESENT})
+async def workload_event(
+    labels: Mapping[str, str], namespace: str | None, memo: kopf.Memo, **_: Any
+) -> None:
+    """Kueue admitted, evicted or requeued a job's Workload: look at the job again."""
+    if namespace is not None:
+        memo.queue.add(JobKey(_kind(labels.get(naming.LABEL_KIND, "")).kind, namespace,
+                              labels[naming.LABEL_JOB]))  # fmt: skip
 
 
 @kopf.index(API_GROUP, API_VERSION, PRETRAIN_JOB.plural)

@@ -11,7 +11,14 @@ import aiohttp
 
 from pretrain_operator import API_GROUP, API_VERSION, naming
 from pretrain_operator.api import Kind
-from pretrain_operator.restclient import JSON_PATCH, MERGE_PATCH, ApiError, RestClient, collection
+from pretrain_operator.restclient import (
+    APPLY_PATCH,
+    JSON_PATCH,
+    MERGE_PATCH,
+    ApiError,
+    RestClient,
+    collection,
+)
 
 Manifest = dict[str, Any]
 SCRAPE_TIMEOUT = aiohttp.ClientTimeout(total=2)
@@ -159,3 +166,55 @@ async def scrape_metrics(api: Api, pod_ip: str) -> str | None:
             return await response.text()
     except (TimeoutError, aiohttp.ClientError, OSError):
         return None
+
+
+async def served(api: Api, api_version: str, plural: str) -> bool:
+    """Whether the cluster serves `plural` in `api_version` (a CRD that may not be installed)."""
+    try:
+        listed = await api.rest.request("GET", f"/apis/{api_version}")
+    except ApiError as error:
+        if error.status == 404:
+            return False
+        raise
+    return any(r.get("name") == plural for r in listed.get("resources") or [])
+
+
+async def read_cluster_object(
+    api: Api, api_version: str, plural: str, name: str
+) -> Manifest | None:
+    """A cluster-scoped object (a Kueue ResourceFlavor), or None if there is none."""
+    try:
+        return await api.rest.request("GET", f"/apis/{api_version}/{plural}/{name}")
+    except ApiError as error:
+        if error.status == 404:
+            return None
+        raise
+
+
+async def apply_status_condition(
+    api: Api, manifest: Manifest, condition: dict[str, Any], manager: str = "pretrain-operator"
+) -> None:
+    """Set one condition of an object's status by server-side apply: conditions are a map
+    keyed by type, so the others (another controller's, Kueue's) stay as they are."""
+    meta = manifest["metadata"]
+    body = {"apiVersion": manifest["apiVersion"], "kind": manifest["kind"],
+            "metadata": {"name": meta["name"], "namespace": meta["namespace"]},
+            "status": {"conditions": [condition]}}  # fmt: skip
+    path = f"{_path(manifest)}/{meta['name']}/status?fieldManager={manager}&force=true"
+    try:
+        await api.rest.request("PATCH", path, body, content_type=APPLY_PATCH)
+    except ApiError as error:
+        if error.status != 404:  # gone already: nothing holds its quota
+            raise
+
+
+async def patch_status(api: Api, manifest: Manifest, patch: dict[str, Any]) -> None:
+    """A JSON merge patch of an object's status (a conflict, 409, if `patch` names a
+    resourceVersion that is no longer the object's: the next reconcile tries again)."""
+    meta = manifest["metadata"]
+    path = f"{_path(manifest)}/{meta['name']}/status"
+    try:
+        await api.rest.request("PATCH", path, patch, content_type=MERGE_PATCH)
+    except ApiError as error:
+        if error.status != 404:
+            raise

@@ -31,6 +31,22 @@ RESIZES = Counter(
     "Changes of the number of ready nodes of a running job.",
     ["kind"],
 )
+ADMISSIONS = Counter(
+    "pretrain_operator_kueue_admissions_total",
+    "Queued jobs that Kueue admitted (their pods are made).",
+    ["kind"],
+)
+EVICTIONS = Counter(
+    "pretrain_operator_kueue_evictions_total",
+    "Admitted jobs that Kueue took the admission back from (preempted, ...): Queued again.",
+    ["kind", "reason"],
+)
+QUEUED_SECONDS = Histogram(
+    "pretrain_operator_kueue_queued_seconds",
+    "How long a job waited Queued before Kueue admitted it.",
+    ["kind"],
+    buckets=(1, 5, 10, 30, 60, 300, 600, 1800, 3600, 4 * 3600, 24 * 3600),
+)
 TIME_TO_RUNNING = Histogram(
     "pretrain_operator_time_to_running_seconds",
     "From a job's creation to its first Running phase.",

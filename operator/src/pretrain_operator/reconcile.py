@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from pretrain_operator import children, naming
+from pretrain_operator import children, naming, queueing
 from pretrain_operator.api import FinetuneJobSpec, JobStatus, Kind, Phase
 from pretrain_operator.api.status import (
     FINISHED_PHASES,
@@ -34,6 +34,7 @@ RUNNING, SUCCEEDED, FAILED, SUSPENDED, SCHEDULED, WAITING_FOR_BASE = (
     "Running", "Succeeded", "Failed", "Suspended", "Scheduled", "WaitingForBase",
 )  # fmt: skip
 WAITING_FOR_CREDENTIALS = "WaitingForCredentials"
+ADMITTED = "Admitted"  # by Kueue, for a job with a queue (queueing.py)
 OPTIONAL_CHILD_MISSING = "OptionalChildMissing"
 # Secrets are not watched (the operator may not list them): a job waiting for one looks again.
 CREDENTIALS_RECHECK_SECONDS = 10.0
@@ -64,6 +65,10 @@ class Plan:
     delete_pods: list[str] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
     delete_job: bool = False
+    # The condition that tells Kueue the job is done (its Workload's quota is free again).
+    finish_workload: tuple[str, dict[str, Any]] | None = None  # (its name, the condition)
+    # An evicted Workload whose pods are gone: its quota is given back (queueing.release).
+    release_workload: queueing.WorkloadState | None = None
     # Seconds until the plan changes by itself though nothing is observed to (a backoff ends,
     # the TTL expires, a Secret may have been made); None: only a change brings the job back.
     requeue_after: float | None = None
@@ -337,11 +342,55 @@ def plan(
     gone: Sequence[PodState] = (),
     missing_secrets: Sequence[str] = (),
     missing_apis: Sequence[str] = (),
+    queue: Queue | None = None,
 ) -> Plan:
     """`gone`: the last states of pods deleted since the last plan, as their deletion events
     carried them (a pod evicted and deleted at once may never be seen terminating).
     `missing_secrets`: what a secretRef names that is not there, one line per field.
-    `missing_apis`: the optional children that could not be made for lack of their API."""
+    `missing_apis`: the optional children that could not be made for lack of their API.
+    `queue`: for a job with a Kueue queue, its Workload as observed."""
+    if queue is not None:
+        job = queueing.at_minimum(job)
+    result = _plan(job, current, generation, pods, now, metrics, base, gone, missing_secrets,
+                   missing_apis, queue)  # fmt: skip
+    workload = queue.workload if queue is not None else None
+    if workload is not None and not workload.finished and result.status.phase in FINISHED_PHASES:
+        succeeded = result.status.phase == Phase.SUCCEEDED
+        reason = next((c for c in result.status.conditions
+                       if c.type == (SUCCEEDED if succeeded else FAILED)), None)  # fmt: skip
+        condition = queueing.finished_condition(succeeded, reason.message if reason else "",
+                                                timestamp(now))  # fmt: skip
+        result.finish_workload = (workload.name, condition)
+    return result
+
+
+@dataclass(frozen=True, slots=True)
+class Queue:
+    """What Kueue says of a job with a queue: its LocalQueue, its Workload (None until made),
+    where each admitted pod set runs, and whether Kueue is installed at all."""
+
+    name: str
+    workload: queueing.WorkloadState | None
+    placements: Mapping[str, queueing.Placement] = field(default_factory=dict)
+    installed: bool = True
+    priority: queueing.Priority | None = None
+    # Why the Workload cannot be made yet (its priority class does not exist), naming the field.
+    problem: str = ""
+
+
+def _plan(
+    job: Job,
+    current: JobStatus,
+    generation: int,
+    pods: list[PodState],
+    now: datetime.datetime,
+    metrics: TrainerMetrics | None,
+    base: BaseJobState | None,
+    gone: Sequence[PodState],
+    missing_secrets: Sequence[str],
+    missing_apis: Sequence[str],
+    queue: Queue | None,
+) -> Plan:
     status = current.model_copy(deep=True)
     status.observed_generation = generation
     status.selector = children.node_selector_string(job)
@@ -387,6 +436,9 @@ def plan(
         _summarise(status, node_pods, replicas.max, job)
         return result
     set_condition(status, SUSPENDED, False, "Resumed", "", generation, now)
+    if queue is not None and not _admitted(result, job, queue, pods, generation, now):
+        _summarise(status, node_pods, replicas.max, job)
+        return result
     if _waiting_for_credentials(status, missing_secrets, not active, generation, now, result):
         return result
 
@@ -519,7 +571,55 @@ def plan(
         result.events.append(Event("Normal", status.phase.value, _phase_message(status)))
     _forget_backoff_after_healthy_training(status, now)
     _summarise(status, node_pods, replicas.max, job)
+    if queue is not None:
+        result.create = [queueing.place(m, queue.placements.get(queueing.pod_set_of(m),
+                                                                queueing.Placement()))
+                         for m in result.create]  # fmt: skip
     return result
+
+
+def _admitted(
+    result: Plan, job: Job, queue: Queue, pods: list[PodState], generation: int,
+    now: datetime.datetime,
+) -> bool:  # fmt: skip
+    """Whether Kueue has admitted the job; if not, the plan holds it Queued: its Workload is
+    made if missing, and pods of an admission Kueue took back (an eviction) are deleted, which
+    sends them SIGTERM: they finish the step, save a checkpoint and exit 143, as for a
+    suspend. None of it counts as a restart."""
+    status = result.status
+    workload = queue.workload
+    if not queue.installed:
+        message = (f"spec.scheduling.queueName: LocalQueue {queue.name} needs Kueue, but the "
+                   f"cluster serves no {queueing.WORKLOAD_API} Workload; install Kueue or "
+                   "remove the queue")  # fmt: skip
+        reason = "KueueNotInstalled"
+    elif queue.problem:
+        message, reason = queue.problem, "PriorityClassNotFound"
+    elif workload is None:
+        result.create.append(queueing.workload(job, queue.name, queue.priority))
+        message, reason = f"waiting in LocalQueue {queue.name}", "Queued"
+    elif workload.admitted:
+        message = f"admitted by Kueue through LocalQueue {queue.name}"
+        set_condition(status, ADMITTED, True, "Admitted", message, generation, now)
+        return True
+    else:
+        reason = workload.evicted or "Queued"
+        message = f"LocalQueue {queue.name}: {workload.waiting}"
+        if workload.evicted and workload.reserved and not pods:
+            # Every pod has gone: they saved their checkpoint on SIGTERM (or ran out of grace).
+            result.release_workload = workload
+    leaving = [p.name for p in pods if not p.deleting]
+    result.delete_pods = leaving
+    if status.phase != Phase.QUEUED:
+        why = f"{reason}: {message}"
+        result.events.append(Event("Warning" if leaving or not queue.installed else "Normal",
+                                   "Queued" if queue.installed else reason, why))  # fmt: skip
+    status.phase = Phase.QUEUED
+    set_condition(status, ADMITTED, False, reason, message, generation, now)
+    set_condition(status, RUNNING, False, reason, message, generation, now)
+    status.pod_uids = {}  # pods deleted on purpose are not losses
+    status.backoff = None
+    return False
 
 
 def _failure(failed: Sequence[PodState]) -> str:

@@ -18,6 +18,7 @@ import kopf
 JSON = "application/json"
 MERGE_PATCH = "application/merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
+APPLY_PATCH = "application/apply-patch+yaml"  # JSON is YAML: server-side apply takes it
 REQUEST_TIMEOUT = aiohttp.ClientTimeout(total=30)
 
 

@@ -328,7 +328,11 @@ class Scheduling(ApiModel):
         "", max_length=253, description="Scheduler of the node pods (empty: the default)."
     )
     queue_name: str = Field(
-        "", max_length=253, description="Kueue LocalQueue; sets kueue.x-k8s.io/queue-name."
+        "",
+        max_length=253,
+        description="Kueue LocalQueue in the job's namespace (or the job's "
+        "kueue.x-k8s.io/queue-name label): the job is Queued until Kueue admits its Workload, "
+        "at replicas.min node pods and the rendezvous pod.",
     )
     disruption_budget: bool = Field(
         False,

@@ -11,6 +11,7 @@ from pretrain_operator.api.base import ApiModel
 
 class Phase(StrEnum):
     PENDING = "Pending"
+    QUEUED = "Queued"  # waiting for Kueue to admit it (the Admitted condition says why not)
     STARTING = "Starting"
     RUNNING = "Running"
     RESTARTING = "Restarting"
