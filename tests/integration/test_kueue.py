@@ -124,6 +124,20 @@ def phase_is(cluster: ClusterSession, namespace: str, job: str, phase: str) -> b
     return job_status(cluster, namespace, job).get("phase") == phase
 
 
+def submit(cluster: ClusterSession, namespace: str, node_pool: NodePool, queue: str, name: str,
+           priority: str = "", running: bool = False) -> None:  # fmt: skip
+    """A one-node 8-GPU PretrainJob in `queue` (at WorkloadPriorityClass `priority`), awaited
+    until Running if `running`."""
+    job = pretrain_job(name, node_pool, scheduling={"queueName": queue})
+    job["metadata"]["namespace"] = namespace
+    if priority:
+        job["metadata"]["labels"] = {"kueue.x-k8s.io/priority-class": priority}
+    cluster.kubectl("create", "-f", "-", stdin=yaml.safe_dump(job))
+    if running:
+        wait_until(partial(phase_is, cluster, namespace, name, "Running"), f"{name} Running",
+                   timeout=90)  # fmt: skip
+
+
 @pytest.mark.usefixtures("operator")
 def test_a_second_job_waits_queued_with_no_pod_until_the_first_frees_the_quota(
     cluster: ClusterSession, namespace: str, queue: str, node_pool: NodePool
@@ -132,13 +146,8 @@ def test_a_second_job_waits_queued_with_no_pod_until_the_first_frees_the_quota(
     On two 8-GPU kwok nodes, so the second is held back by the queue, not by the nodes."""
     node_pool.add(NodeShape(gpus=8))
     node_pool.add(NodeShape(gpus=8))
-    for name in ("first", "second"):
-        job = pretrain_job(name, node_pool, scheduling={"queueName": queue})
-        job["metadata"]["namespace"] = namespace
-        cluster.kubectl("create", "-f", "-", stdin=yaml.safe_dump(job))
-        if name == "first":
-            wait_until(lambda: job_status(cluster, namespace, "first").get("phase") == "Running",
-                       "the first job Running", timeout=90)  # fmt: skip
+    submit(cluster, namespace, node_pool, queue, "first", running=True)
+    submit(cluster, namespace, node_pool, queue, "second")
 
     def queued() -> dict[str, Any]:
         status = job_status(cluster, namespace, "second")
@@ -171,13 +180,8 @@ def test_a_finished_job_gives_its_quota_back(
     """A job that ends (here its node pod exits 0 on kwok) marks its Workload Finished, and
     Kueue admits the next job, though the finished one is kept."""
     node_pool.add(NodeShape(gpus=8))
-    for name in ("done", "next"):
-        job = pretrain_job(name, node_pool, scheduling={"queueName": queue})
-        job["metadata"]["namespace"] = namespace
-        cluster.kubectl("create", "-f", "-", stdin=yaml.safe_dump(job))
-        if name == "done":
-            wait_until(lambda: job_status(cluster, namespace, "done").get("phase") == "Running",
-                       "the first job Running", timeout=90)  # fmt: skip
+    submit(cluster, namespace, node_pool, queue, "done", running=True)
+    submit(cluster, namespace, node_pool, queue, "next")
     wait_until(lambda: job_status(cluster, namespace, "next").get("phase") == "Queued",
                "the second job Queued", timeout=60)  # fmt: skip
     finish_pod(cluster.core, namespace, "done-node-0", "Succeeded", exit_code=0)
@@ -205,13 +209,8 @@ def test_a_higher_priority_job_preempts_a_running_one_which_queues_again_without
     node_pool.add(NodeShape(gpus=8))
     node_pool.add(NodeShape(gpus=8))
     low, high = f"research-{namespace}", f"production-{namespace}"  # the README's classes
-    for name, priority in (("victim", low), ("preemptor", high)):
-        job = pretrain_job(name, node_pool, scheduling={"queueName": queue})
-        job["metadata"]["namespace"] = namespace
-        job["metadata"]["labels"] = {"kueue.x-k8s.io/priority-class": priority}
-        cluster.kubectl("create", "-f", "-", stdin=yaml.safe_dump(job))
-        wait_until(partial(phase_is, cluster, namespace, name, "Running"), f"{name} Running",
-                   timeout=90)  # fmt: skip
+    submit(cluster, namespace, node_pool, queue, "victim", low, running=True)
+    submit(cluster, namespace, node_pool, queue, "preemptor", high, running=True)
     status = job_status(cluster, namespace, "victim")
     assert status["phase"] == "Queued", status
     admitted = next(c for c in status["conditions"] if c["type"] == "Admitted")

@@ -132,3 +132,52 @@ def test_kueues_answers_are_read_from_the_workload() -> None:
                        "tolerations": [{"key": "gpu", "operator": "Exists"}]}}  # fmt: skip
     assert queueing.placement({"nvidia.com/gpu": "h100"}, {"h100": flavor}) == Placement(
         {"gpu": "h100"}, [{"key": "gpu", "operator": "Exists"}])  # fmt: skip
+
+
+def test_an_evicted_workload_is_released_once_its_pods_are_gone() -> None:
+    conditions = (
+        {"type": "QuotaReserved", "status": "True", "reason": "QuotaReserved"},
+        {"type": "Admitted", "status": "True", "reason": "Admitted"},
+        {"type": "Evicted", "status": "True", "reason": "Preempted", "message": "by a higher one"},
+    )
+    evicted = WorkloadState("pretrainjob-j", admitted=False, finished=False,
+                            waiting="by a higher one", evicted="Preempted",
+                            evicted_message="by a higher one", reserved=True,
+                            resource_version="42", conditions=conditions)  # fmt: skip
+    terminating = [node(0, deleting=True), rendezvous(deleting=True)]
+    still = plan(pretrain(), JobStatus(phase=Phase.QUEUED), 1, terminating, NOW,
+                 queue=Queue("team-a", evicted))  # fmt: skip
+    assert still.release_workload is None  # saving their checkpoints: the quota is still theirs
+    gone = plan(pretrain(), still.status, 1, [], NOW, queue=Queue("team-a", evicted))
+    assert gone.release_workload == evicted
+    patch = queueing.release(evicted, "2026-11-27T12:00:00Z")
+    assert patch["metadata"] == {"resourceVersion": "42"}  # not over a newer answer of Kueue's
+    assert patch["status"]["admission"] is None
+    kinds = {c["type"]: c for c in patch["status"]["conditions"]}
+    assert kinds["QuotaReserved"]["status"] == "False"
+    assert kinds["Admitted"]["status"] == "False"
+    assert (kinds["Requeued"]["status"], kinds["Requeued"]["reason"]) == ("True", "Preempted")
+    assert kinds["Evicted"] == conditions[2]  # Kueue's own, kept
+
+
+def test_the_priority_comes_from_the_kueue_label_before_the_pods_class() -> None:
+    job = pretrain(template={"priorityClassName": "pods-high"})
+    chosen = queueing.priority_class(job, {"kueue.x-k8s.io/priority-class": "production"})
+    assert chosen is not None
+    assert (chosen.kind, chosen.name) == ("WorkloadPriorityClass", "production")
+    fallback = queueing.priority_class(job, {})
+    assert fallback is not None
+    assert (fallback.group, fallback.kind, fallback.name) == (
+        "scheduling.k8s.io", "PriorityClass", "pods-high")  # fmt: skip
+    assert queueing.priority_class(pretrain(), {}) is None
+    workload = queueing.workload(job, "q", queueing.Priority(chosen, 1000))
+    assert workload["spec"]["priority"] == 1000
+    reference = {"group": "kueue.x-k8s.io", "kind": "WorkloadPriorityClass", "name": "production"}
+    assert workload["spec"]["priorityClassRef"] == reference
+
+
+def test_a_missing_priority_class_holds_the_job_naming_the_label() -> None:
+    problem = "label kueue.x-k8s.io/priority-class: WorkloadPriorityClass gold not found"
+    result = plan(pretrain(), JobStatus(), 1, [], NOW, queue=Queue("q", None, problem=problem))
+    assert result.create == []
+    assert condition(result.status, "Admitted").message == problem
