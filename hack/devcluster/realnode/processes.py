@@ -71,10 +71,13 @@ def _signal(pid: int, sig: signal.Signals) -> None:
 
 
 def mentioning(marker: str) -> list[int]:
-    """Every process whose command line mentions `marker` (a node's containerd shims)."""
+    """Every process whose command line mentions `marker` (a node's containerd shims). No
+    settling: kernel threads' command lines are always empty, and waiting a second on each
+    made a scan take a minute; a process too new to show its arguments is found by the
+    caller's next scan."""
     found = []
     for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and alive(int(entry.name), marker):
+        if entry.name.isdigit() and alive(int(entry.name), marker, settle=0):
             found.append(int(entry.name))
     return found
 
