@@ -232,3 +232,38 @@ def test_a_higher_priority_job_preempts_a_running_one_which_queues_again_without
     admitted = sample(operator.metrics(), "pretrain_operator_kueue_admissions_total", "")
     assert admitted > admitted_before  # the victim's second admission
     assert "pretrain_operator_kueue_queued_seconds_bucket" in operator.metrics()
+
+
+@pytest.mark.usefixtures("operator")
+def test_a_finetune_job_waits_in_the_same_queue_behind_a_pretrain_job(
+    cluster: ClusterSession, namespace: str, queue: str, node_pool: NodePool
+) -> None:
+    node_pool.add(NodeShape(gpus=8))
+    node_pool.add(NodeShape(gpus=8))
+    submit(cluster, namespace, node_pool, queue, "pretrain", running=True)
+    finetune = {
+        "apiVersion": "pretrain.dev/v1alpha1", "kind": "FinetuneJob",
+        "metadata": {"name": "classify", "namespace": namespace},
+        "spec": {
+            "base": {"checkpoint": {"uri": "s3://models/base/step-000000100"}},
+            "task": {"type": "SequenceClassification", "numLabels": 2},
+            "data": {"train": {"uri": "file:///data/train.jsonl"}},
+            "training": {"maxSteps": 10, "globalBatchSize": 8, "microBatchSize": 8},
+            "resources": {"accelerator": {"type": "nvidia.com/gpu", "count": 8}},
+            "scheduling": {"queueName": queue},
+            "template": {"nodeSelector": node_pool.selector},
+        },
+    }  # fmt: skip
+    cluster.kubectl("create", "-f", "-", stdin=yaml.safe_dump(finetune))
+
+    def finetune_phase() -> str:
+        return str(cluster.kubectl("get", "ftj", "classify", "-n", namespace, "-o",
+                                   "jsonpath={.status.phase}").stdout)  # fmt: skip
+
+    wait_until(lambda: finetune_phase() == "Queued", "the FinetuneJob Queued", timeout=60)
+    assert job_pods(cluster, namespace, "classify") == []
+    reserved = condition(cluster, namespace, "finetunejob-classify", "QuotaReserved")
+    assert "insufficient unused quota for nvidia.com/gpu" in reserved.get("message", ""), reserved
+
+    cluster.kubectl("delete", "ptj", "pretrain", "-n", namespace)
+    wait_until(lambda: finetune_phase() == "Running", "the FinetuneJob Running", timeout=60)
